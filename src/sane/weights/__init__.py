@@ -1,0 +1,1 @@
+"""Weights as token sequences: tokenize, standardize, permutation symmetries, baselines."""

@@ -1,0 +1,289 @@
+"""Architectures of model zoos, registered by name and built from an :class:`ArchConfig`.
+
+The small CNNs reproduce the Model Zoos definitions (Schürholt et al., 2022) layer for layer,
+including their state-dict keys (``module_list.<i>.weight``), so that published checkpoints load
+directly: CNN-s inserts dropout modules only when ``dropout > 0`` (which shifts the indices),
+CNN-l always has them. ResNets use torchvision's key names with a CIFAR stem (3×3 stride-1
+convolution, no max-pool).
+
+Initialization follows Model Zoos: the chosen scheme for every convolution and linear weight
+(``uniform`` is U(0, 1) and ``normal`` N(0, 1), as there), biases 0.01, batch-norm defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from sane.errors import ConfigError
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+    "leakyrelu": nn.LeakyReLU,
+    "silu": nn.SiLU,
+}
+
+INITS: dict[str, Callable[[torch.Tensor], Any]] = {
+    "uniform": nn.init.uniform_,
+    "normal": nn.init.normal_,
+    "kaiming_uniform": nn.init.kaiming_uniform_,
+    "kaiming_normal": nn.init.kaiming_normal_,
+    "xavier_uniform": nn.init.xavier_uniform_,
+    "xavier_normal": nn.init.xavier_normal_,
+}
+
+BIAS_INIT = 0.01
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """Everything needed to rebuild an architecture.
+
+    ``input_size`` is the image side (or signal length for ``cnn1d``); ``width`` multiplies the
+    hidden widths of the small CNNs and the MLP; ``hidden`` sets the MLP's hidden sizes
+    (before ``width``).
+    """
+
+    name: str = "cnn_s"
+    activation: str = "tanh"
+    dropout: float = 0.0
+    init: str = "uniform"
+    in_channels: int = 1
+    num_classes: int = 10
+    input_size: int = 28
+    width: int = 1
+    hidden: tuple[int, ...] = (64, 32)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ArchConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(
+                f"unknown architecture keys {sorted(unknown)}; known: {sorted(known)}"
+            )
+        d = dict(d)
+        if "hidden" in d:
+            d["hidden"] = tuple(int(h) for h in d["hidden"])
+        return cls(**d)
+
+
+Builder = Callable[[ArchConfig], nn.Module]
+ARCHITECTURES: dict[str, Builder] = {}
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: add a builder to :data:`ARCHITECTURES` under ``name``."""
+
+    def add(fn: Builder) -> Builder:
+        ARCHITECTURES[name] = fn
+        return fn
+
+    return add
+
+
+def _check(config: ArchConfig) -> None:
+    if config.name not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {config.name!r}; known: {sorted(ARCHITECTURES)}")
+    if config.activation not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {config.activation!r}; known: {sorted(ACTIVATIONS)}")
+    if config.init not in INITS:
+        raise ConfigError(f"unknown init {config.init!r}; known: {sorted(INITS)}")
+    if not 0 <= config.dropout < 1:
+        raise ConfigError(f"dropout must lie in [0, 1), got {config.dropout}")
+    for key in ("in_channels", "num_classes", "input_size", "width"):
+        if getattr(config, key) < 1:
+            raise ConfigError(f"{key} must be positive, got {getattr(config, key)}")
+
+
+def build_model(config: ArchConfig, seed: int | None = None) -> nn.Module:
+    """Build and initialize the architecture ``config.name``.
+
+    With ``seed``, initialization uses a private RNG seeded with it (the global RNG is left
+    untouched), so the same config and seed always give the same weights.
+    """
+    _check(config)
+    if seed is None:
+        return _initialize(ARCHITECTURES[config.name](config), config.init)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _initialize(ARCHITECTURES[config.name](config), config.init)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _initialize(model: nn.Module, init: str) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            INITS[init](m.weight)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, BIAS_INIT)
+    return model
+
+
+class Sequential(nn.Module):
+    """A feed-forward stack kept in ``module_list`` (the Model Zoos key layout)."""
+
+    def __init__(self, layers: list[nn.Module]) -> None:
+        super().__init__()
+        self.module_list = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module_list(x)
+
+
+def _dropout(p: float) -> list[nn.Module]:
+    """A dropout module when ``p > 0``, else nothing (Model Zoos' CNN-s and MLP layout)."""
+    return [nn.Dropout(p)] if p > 0 else []
+
+
+def _conv_out(size: int, kernel: int, pool: int = 1) -> int:
+    out = (size - kernel + 1) // pool
+    if out < 1:
+        raise ConfigError(f"input size too small: a {kernel}-wide kernel leaves {out}")
+    return out
+
+
+@register("cnn_s")
+def cnn_s(c: ArchConfig) -> nn.Module:
+    """CNN-s of Model Zoos: 2,464 parameters for 1×28×28 inputs and 10 classes (width 1)."""
+    act = ACTIVATIONS[c.activation]
+    w1, w2, w3, h = 8 * c.width, 6 * c.width, 4 * c.width, 20 * c.width
+    side = _conv_out(_conv_out(_conv_out(c.input_size, 5, 2), 5, 2), 2)
+    return Sequential([
+        nn.Conv2d(c.in_channels, w1, 5), nn.MaxPool2d(2, 2), act(), *_dropout(c.dropout),
+        nn.Conv2d(w1, w2, 5), nn.MaxPool2d(2, 2), act(), *_dropout(c.dropout),
+        nn.Conv2d(w2, w3, 2), act(),
+        nn.Flatten(),
+        nn.Linear(w3 * side * side, h), act(), *_dropout(c.dropout),
+        nn.Linear(h, c.num_classes),
+    ])
+
+
+@register("cnn_s_wide")
+def cnn_s_wide(c: ArchConfig) -> nn.Module:
+    """CNN-s with every hidden width doubled (8,950 parameters), for architecture transfer."""
+    return cnn_s(dataclasses.replace(c, width=2 * c.width))
+
+
+@register("cnn_l")
+def cnn_l(c: ArchConfig) -> nn.Module:
+    """CNN-l of Model Zoos: 10,853 parameters for 3×32×32 inputs and 10 classes.
+
+    Dropout modules are always present (``p`` may be 0), so the keys are fixed:
+    ``module_list.{0,4,8,13,16}``.
+    """
+    act = ACTIVATIONS[c.activation]
+    w1, w2, w3, h = 16 * c.width, 32 * c.width, 15 * c.width, 20 * c.width
+    side = _conv_out(_conv_out(_conv_out(c.input_size, 3, 2), 3, 2), 3, 2)
+    return Sequential([
+        nn.Conv2d(c.in_channels, w1, 3), nn.MaxPool2d(2, 2), act(), nn.Dropout(c.dropout),
+        nn.Conv2d(w1, w2, 3), nn.MaxPool2d(2, 2), act(), nn.Dropout(c.dropout),
+        nn.Conv2d(w2, w3, 3), nn.MaxPool2d(2, 2), act(), nn.Dropout(c.dropout),
+        nn.Flatten(),
+        nn.Linear(w3 * side * side, h), act(), nn.Dropout(c.dropout),
+        nn.Linear(h, c.num_classes),
+    ])
+
+
+@register("mlp")
+def mlp(c: ArchConfig) -> nn.Module:
+    """Flatten, then ``hidden`` linear layers (× ``width``) each followed by act [+ dropout]."""
+    act = ACTIVATIONS[c.activation]
+    sizes = [c.in_channels * c.input_size * c.input_size, *(h * c.width for h in c.hidden)]
+    layers: list[nn.Module] = [nn.Flatten()]
+    for fan_in, fan_out in itertools.pairwise(sizes):
+        layers += [nn.Linear(fan_in, fan_out), act(), *_dropout(c.dropout)]
+    layers.append(nn.Linear(sizes[-1], c.num_classes))
+    return Sequential(layers)
+
+
+@register("cnn1d")
+def cnn1d(c: ArchConfig) -> nn.Module:
+    """1-D CNN for MNIST-1D (signals of length ``input_size``, 40 by default there)."""
+    act = ACTIVATIONS[c.activation]
+    w, h = 16 * c.width, 32 * c.width
+    length = _conv_out(_conv_out(c.input_size, 5, 2), 5, 2)
+    return Sequential([
+        nn.Conv1d(c.in_channels, w, 5), act(), nn.MaxPool1d(2), *_dropout(c.dropout),
+        nn.Conv1d(w, w, 5), act(), nn.MaxPool1d(2), *_dropout(c.dropout),
+        nn.Flatten(),
+        nn.Linear(w * length, h), act(), *_dropout(c.dropout),
+        nn.Linear(h, c.num_classes),
+    ])
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3×3 convolutions with batch-norm and a residual connection."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, act: Callable[[], nn.Module]) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = act()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet with torchvision's state-dict keys (``conv1``, ``layer1.0.bn2``...)."""
+
+    def __init__(self, blocks: tuple[int, ...], c: ArchConfig) -> None:
+        super().__init__()
+        act = ACTIVATIONS[c.activation]
+        widths = [64 * c.width * 2**i for i in range(len(blocks))]
+        self.conv1 = nn.Conv2d(c.in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = act()
+        c_in = widths[0]
+        for i, (n, c_out) in enumerate(zip(blocks, widths)):
+            layer = [BasicBlock(c_in if j == 0 else c_out, c_out, 1 if i == 0 or j else 2, act)
+                     for j in range(n)]
+            self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
+            c_in = c_out
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c_in, c.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+@register("resnet18")
+def resnet18(c: ArchConfig) -> nn.Module:
+    """ResNet-18 (11,173,962 parameters for 3 channels and 10 classes)."""
+    return ResNet((2, 2, 2, 2), c)
+
+
+@register("resnet34")
+def resnet34(c: ArchConfig) -> nn.Module:
+    """ResNet-34 (21,282,122 parameters for 3 channels and 10 classes)."""
+    return ResNet((3, 4, 6, 3), c)

@@ -1,0 +1,231 @@
+"""On-disk layout of a model zoo.
+
+::
+
+    ZOO/
+      zoo.json                            manifest (written once, at creation)
+      models/<id>/epoch_<EEE>.safetensors state dict after epoch E (0 = initialization)
+      models/<id>/metrics.json            one row per finished epoch
+      models/<id>/resume_<EEE>.safetensors optimizer and RNG state after epoch E (training only)
+
+The manifest holds the format version, the dataset, every model's id, seed, architecture and
+training recipe, and the model-level train/validation/test split, fixed at creation. Progress
+is what is on disk: epoch ``e`` of a model is finished when its metrics row exists; the
+checkpoint (and resume state) are written before that row, each atomically, so a job killed at
+any point leaves a consistent zoo that a rerun continues.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sane import atomic
+from sane.errors import FormatError
+from sane.zoo.architectures import ArchConfig
+
+FORMAT = "sane-zoo"
+VERSION = 1
+MANIFEST = "zoo.json"
+METRIC_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of a zoo: ``training`` holds its recipe (optimizer, lr, batch size, epochs...)."""
+
+    id: str
+    seed: int
+    architecture: ArchConfig
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "seed": self.seed, "architecture": self.architecture.to_dict(),
+                "training": dict(self.training)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelEntry:
+        return cls(id=str(d["id"]), seed=int(d["seed"]),
+                   architecture=ArchConfig.from_dict(d["architecture"]),
+                   training=dict(d.get("training", {})))
+
+
+def make_split(
+    ids: Sequence[str], fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0
+) -> dict[str, list[str]]:
+    """Split model ids into train/val/test by a seeded shuffle of the sorted ids.
+
+    Sizes are ``floor(f·N)`` for train and val, the rest for test (at least one model in each
+    split when N >= 3). The result depends only on the set of ids, ``fractions`` and ``seed``.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1):
+        raise FormatError(
+            f"split fractions must be three non-negative numbers summing to 1, got {fractions}"
+        )
+    ordered = sorted(ids)
+    if len(set(ordered)) != len(ordered):
+        raise FormatError("model ids must be unique")
+    n = len(ordered)
+    perm = np.random.default_rng(seed).permutation(n)
+    n_train, n_val = int(fractions[0] * n), int(fractions[1] * n)
+    if n >= 3:  # keep every split non-empty when there are enough models
+        n_val = max(n_val, 1) if fractions[1] > 0 else n_val
+        n_train = min(max(n_train, 1), n - n_val - (fractions[2] > 0))
+    shuffled = [ordered[i] for i in perm]
+    return {"train": sorted(shuffled[:n_train]), "val": sorted(shuffled[n_train:n_train + n_val]),
+            "test": sorted(shuffled[n_train + n_val:])}
+
+
+class Zoo:
+    """A zoo directory: read its manifest, checkpoints and metrics; write finished epochs."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.models = [ModelEntry.from_dict(m) for m in manifest["models"]]
+        self._by_id = {m.id: m for m in self.models}
+
+    # -- creation and opening -------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        models: Iterable[ModelEntry],
+        *,
+        dataset: dict[str, Any],
+        split: dict[str, list[str]] | None = None,
+        split_seed: int = 0,
+        extra: dict[str, Any] | None = None,
+    ) -> Zoo:
+        """Write the manifest of a new zoo at ``path`` (which must not hold another zoo)."""
+        path = Path(path)
+        if (path / MANIFEST).exists():
+            raise FormatError(f"{path / MANIFEST} already exists; open the zoo instead")
+        models = list(models)
+        ids = [m.id for m in models]
+        split = split if split is not None else make_split(ids, seed=split_seed)
+        manifest = {
+            "format": FORMAT, "version": VERSION, "dataset": dict(dataset),
+            "models": [m.to_dict() for m in models], "split": split, **(extra or {}),
+        }
+        _validate_manifest(manifest, path / MANIFEST)
+        atomic.write_json(path / MANIFEST, manifest)
+        return cls(path, manifest)
+
+    @classmethod
+    def open(cls, path: str | Path) -> Zoo:
+        """Open an existing zoo, validating its manifest."""
+        path = Path(path)
+        file = path / MANIFEST
+        if not file.is_file():
+            raise FormatError(f"{path} is not a zoo: {MANIFEST} not found")
+        try:
+            manifest = json.loads(file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise FormatError(f"{file}: not valid JSON ({error})") from error
+        _validate_manifest(manifest, file)
+        return cls(path, manifest)
+
+    # -- queries --------------------------------------------------------------------------
+    @property
+    def dataset(self) -> dict[str, Any]:
+        return self.manifest["dataset"]
+
+    @property
+    def split(self) -> dict[str, list[str]]:
+        return self.manifest["split"]
+
+    def model(self, model_id: str) -> ModelEntry:
+        if model_id not in self._by_id:
+            raise FormatError(f"{self.path}: no model {model_id!r}")
+        return self._by_id[model_id]
+
+    def model_dir(self, model_id: str) -> Path:
+        return self.path / "models" / model_id
+
+    def checkpoint_path(self, model_id: str, epoch: int) -> Path:
+        return self.model_dir(model_id) / f"epoch_{epoch:03d}.safetensors"
+
+    def metrics(self, model_id: str) -> list[dict[str, float]]:
+        """Rows of finished epochs, ordered by epoch (empty when none is finished)."""
+        file = self.model_dir(model_id) / "metrics.json"
+        if not file.is_file():
+            return []
+        try:
+            rows = json.loads(file.read_text())
+        except json.JSONDecodeError as error:
+            raise FormatError(f"{file}: not valid JSON ({error})") from error
+        if not isinstance(rows, list) or [r.get("epoch") for r in rows] != list(range(len(rows))):
+            raise FormatError(f"{file}: expected rows for epochs 0, 1, ... in order")
+        return rows
+
+    def finished_epochs(self, model_id: str) -> int:
+        """Number of finished epochs counting the initialization (epoch 0)."""
+        return len(self.metrics(model_id))
+
+    def epochs(self, model_id: str) -> list[int]:
+        """Epochs of ``model_id`` with a checkpoint on disk."""
+        return list(range(self.finished_epochs(model_id)))
+
+    def load_checkpoint(self, model_id: str, epoch: int) -> dict[str, torch.Tensor]:
+        """The state dict of ``model_id`` after ``epoch``."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        file = self.checkpoint_path(model_id, epoch)
+        if not file.is_file():
+            raise FormatError(f"{file}: checkpoint not found (model {model_id}, epoch {epoch})")
+        try:
+            return load_file(str(file))
+        except (SafetensorError, OSError) as error:
+            raise FormatError(f"{file}: unreadable checkpoint ({error})") from error
+
+    # -- writing --------------------------------------------------------------------------
+    def write_epoch(
+        self, model_id: str, epoch: int, state_dict: dict[str, torch.Tensor], row: dict[str, float]
+    ) -> None:
+        """Record a finished epoch: checkpoint first, then the metrics row (the commit point)."""
+        rows = self.metrics(model_id)
+        if epoch != len(rows):
+            raise FormatError(f"model {model_id}: epoch {epoch} written after {len(rows)} finished")
+        for key in METRIC_KEYS:
+            value = row.get(key)
+            if value is not None and not math.isfinite(value):
+                row = {**row, key: None}
+        atomic.save_tensors(self.checkpoint_path(model_id, epoch), state_dict)
+        full = {"epoch": epoch, **{k: v for k, v in row.items() if k != "epoch"}}
+        if full.get("train_acc") is not None and full.get("test_acc") is not None:
+            full["ggap"] = full["train_acc"] - full["test_acc"]
+        atomic.write_json(self.model_dir(model_id) / "metrics.json", [*rows, full])
+
+
+def _validate_manifest(manifest: Any, file: Path) -> None:
+    if not isinstance(manifest, dict):
+        raise FormatError(f"{file}: expected a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise FormatError(f"{file}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    if manifest.get("version") != VERSION:
+        raise FormatError(f"{file}: version {manifest.get('version')!r} is not supported "
+                          f"(this sane reads version {VERSION})")
+    for key in ("dataset", "models", "split"):
+        if key not in manifest:
+            raise FormatError(f"{file}: missing key {key!r}")
+    try:
+        ids = [ModelEntry.from_dict(m).id for m in manifest["models"]]
+    except (KeyError, TypeError, ValueError) as error:
+        raise FormatError(f"{file}: malformed model entry ({error})") from error
+    if len(set(ids)) != len(ids):
+        raise FormatError(f"{file}: duplicate model ids")
+    split = manifest["split"]
+    if set(split) != {"train", "val", "test"}:
+        raise FormatError(f"{file}: split must have keys train, val, test")
+    in_split = [i for part in split.values() for i in part]
+    if sorted(in_split) != sorted(ids):
+        raise FormatError(f"{file}: the split must list every model exactly once")
