@@ -10,9 +10,10 @@
 
 The manifest holds the format version, the dataset, every model's id, seed, architecture and
 training recipe, and the model-level train/validation/test split, fixed at creation. Progress
-is what is on disk: epoch ``e`` of a model is finished when its metrics row exists; the
+is what is on disk: epoch ``e`` of a model is recorded when its metrics row exists; the
 checkpoint (and resume state) are written before that row, each atomically, so a job killed at
-any point leaves a consistent zoo that a rerun continues.
+any point leaves a consistent zoo that a rerun continues. Trained zoos record every epoch;
+imported zoos may hold checkpoints for only some epochs (a row says whether it has one).
 """
 
 from __future__ import annotations
@@ -153,8 +154,12 @@ class Zoo:
     def checkpoint_path(self, model_id: str, epoch: int) -> Path:
         return self.model_dir(model_id) / f"epoch_{epoch:03d}.safetensors"
 
-    def metrics(self, model_id: str) -> list[dict[str, float]]:
-        """Rows of finished epochs, ordered by epoch (empty when none is finished)."""
+    def metrics(self, model_id: str) -> list[dict[str, Any]]:
+        """Rows of recorded epochs in increasing epoch order (empty when none is recorded).
+
+        Each row has ``epoch``, ``checkpoint`` (whether a state dict is stored for it) and the
+        metrics in :data:`METRIC_KEYS` plus ``ggap`` (``None`` where unknown).
+        """
         file = self.model_dir(model_id) / "metrics.json"
         if not file.is_file():
             return []
@@ -162,17 +167,19 @@ class Zoo:
             rows = json.loads(file.read_text())
         except json.JSONDecodeError as error:
             raise FormatError(f"{file}: not valid JSON ({error})") from error
-        if not isinstance(rows, list) or [r.get("epoch") for r in rows] != list(range(len(rows))):
-            raise FormatError(f"{file}: expected rows for epochs 0, 1, ... in order")
+        epochs = [r.get("epoch") if isinstance(r, dict) else None for r in rows]
+        if not all(isinstance(e, int) for e in epochs) or epochs != sorted(set(epochs)):
+            raise FormatError(f"{file}: expected rows with strictly increasing integer epochs")
         return rows
 
-    def finished_epochs(self, model_id: str) -> int:
-        """Number of finished epochs counting the initialization (epoch 0)."""
-        return len(self.metrics(model_id))
+    def last_epoch(self, model_id: str) -> int | None:
+        """The last recorded epoch of ``model_id`` (None when nothing is recorded)."""
+        rows = self.metrics(model_id)
+        return rows[-1]["epoch"] if rows else None
 
-    def epochs(self, model_id: str) -> list[int]:
-        """Epochs of ``model_id`` with a checkpoint on disk."""
-        return list(range(self.finished_epochs(model_id)))
+    def checkpoint_epochs(self, model_id: str) -> list[int]:
+        """Epochs of ``model_id`` whose state dict is stored."""
+        return [r["epoch"] for r in self.metrics(model_id) if r.get("checkpoint")]
 
     def load_checkpoint(self, model_id: str, epoch: int) -> dict[str, torch.Tensor]:
         """The state dict of ``model_id`` after ``epoch``."""
@@ -189,21 +196,39 @@ class Zoo:
 
     # -- writing --------------------------------------------------------------------------
     def write_epoch(
-        self, model_id: str, epoch: int, state_dict: dict[str, torch.Tensor], row: dict[str, float]
+        self,
+        model_id: str,
+        epoch: int,
+        state_dict: dict[str, torch.Tensor] | None,
+        row: dict[str, Any],
     ) -> None:
-        """Record a finished epoch: checkpoint first, then the metrics row (the commit point)."""
+        """Record an epoch: the checkpoint first (if any), then the metrics row (the commit).
+
+        ``row`` holds the values of :data:`METRIC_KEYS` that are known; non-finite values are
+        stored as ``None``; ``ggap = train_acc - test_acc`` is added when both are known.
+        """
         rows = self.metrics(model_id)
-        if epoch != len(rows):
-            raise FormatError(f"model {model_id}: epoch {epoch} written after {len(rows)} finished")
-        for key in METRIC_KEYS:
-            value = row.get(key)
-            if value is not None and not math.isfinite(value):
-                row = {**row, key: None}
-        atomic.save_tensors(self.checkpoint_path(model_id, epoch), state_dict)
-        full = {"epoch": epoch, **{k: v for k, v in row.items() if k != "epoch"}}
-        if full.get("train_acc") is not None and full.get("test_acc") is not None:
-            full["ggap"] = full["train_acc"] - full["test_acc"]
+        if rows and epoch <= rows[-1]["epoch"]:
+            raise FormatError(
+                f"model {model_id}: epoch {epoch} written after epoch {rows[-1]['epoch']}"
+            )
+        unknown = set(row) - set(METRIC_KEYS)
+        if unknown:
+            raise FormatError(f"model {model_id}: unknown metrics {sorted(unknown)}")
+        values = {k: _finite_or_none(row.get(k)) for k in METRIC_KEYS}
+        train_acc, test_acc = values["train_acc"], values["test_acc"]
+        values["ggap"] = None if train_acc is None or test_acc is None else train_acc - test_acc
+        if state_dict is not None:
+            atomic.save_tensors(self.checkpoint_path(model_id, epoch), state_dict)
+        full = {"epoch": epoch, "checkpoint": state_dict is not None, **values}
         atomic.write_json(self.model_dir(model_id) / "metrics.json", [*rows, full])
+
+
+def _finite_or_none(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def _validate_manifest(manifest: Any, file: Path) -> None:
