@@ -12,9 +12,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+from sane.data.cifar import has_cifar10_files, has_cifar100_files, read_cifar10, read_cifar100
 from sane.data.dataset import Dataset, RawImages, assemble
+from sane.data.digits import read_digits
+from sane.data.idx import has_idx_files, read_idx_dataset
+from sane.data.mnist1d import read_mnist1d
+from sane.data.stl10 import has_stl10_files, read_stl10
+from sane.data.svhn import has_svhn_files, read_svhn
 from sane.errors import ConfigError, DatasetNotFoundError
 
 
@@ -33,42 +40,53 @@ class DatasetSpec:
     how: str = ""
 
 
-def _idx(mean: float | None, std: float | None) -> Callable[[Path | None], RawImages]:
-    def read(root: Path | None) -> RawImages:
-        from sane.data.idx import read_idx_dataset
-
-        assert root is not None
-        return read_idx_dataset(root, mean=mean, std=std)
-
-    return read
-
-
-def _idx_found(root: Path) -> bool:
-    from sane.data.idx import has_idx_files
-
-    return has_idx_files(root)
-
-
 def _digits(_root: Path | None) -> RawImages:
-    from sane.data.digits import read_digits
-
     return read_digits()
+
+
+def _mnist1d(_root: Path | None) -> RawImages:
+    return read_mnist1d()
 
 
 DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec(read=_digits),
+    "mnist1d": DatasetSpec(read=_mnist1d),
     # Normalization constants as in the Model Zoos generators.
     "fashion-mnist": DatasetSpec(
-        read=_idx(0.5, 0.5), found=_idx_found,
+        read=partial(read_idx_dataset, mean=0.5, std=0.5), found=has_idx_files,
         defaults=("/usr/share/datasets/fashion-mnist",),
-        how="install the Debian package dataset-fashion-mnist, or pass the directory holding "
+        how="install the Debian package dataset-fashion-mnist, or put "
         "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz "
-        "and t10k-labels-idx1-ubyte.gz",
+        "and t10k-labels-idx1-ubyte.gz in ROOT",
     ),
     "mnist": DatasetSpec(
-        read=_idx(0.1307, 0.3081), found=_idx_found,
-        how="pass the directory holding the four MNIST IDX files (train-images-idx3-ubyte[.gz], "
-        "train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz])",
+        read=partial(read_idx_dataset, mean=0.1307, std=0.3081), found=has_idx_files,
+        how="put the four MNIST IDX files (train-images-idx3-ubyte[.gz], "
+        "train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) "
+        "in ROOT",
+    ),
+    "cifar10": DatasetSpec(
+        read=read_cifar10, found=has_cifar10_files,
+        how="download the binary version cifar-10-binary.tar.gz from "
+        "https://www.cs.toronto.edu/~kriz/cifar.html and unpack it in ROOT, giving "
+        "ROOT/cifar-10-batches-bin/data_batch_1.bin .. data_batch_5.bin and test_batch.bin",
+    ),
+    "cifar100": DatasetSpec(
+        read=read_cifar100, found=has_cifar100_files,
+        how="download the binary version cifar-100-binary.tar.gz from "
+        "https://www.cs.toronto.edu/~kriz/cifar.html and unpack it in ROOT, giving "
+        "ROOT/cifar-100-binary/train.bin and test.bin",
+    ),
+    "svhn": DatasetSpec(
+        read=read_svhn, found=has_svhn_files,
+        how="download the cropped digits train_32x32.mat and test_32x32.mat from "
+        "http://ufldl.stanford.edu/housenumbers/ into ROOT",
+    ),
+    "stl10": DatasetSpec(
+        read=read_stl10, found=has_stl10_files,
+        how="download the binary version stl10_binary.tar.gz from "
+        "https://cs.stanford.edu/~acoates/stl10/ and unpack it in ROOT, giving "
+        "ROOT/stl10_binary/train_X.bin, train_y.bin, test_X.bin and test_y.bin",
     ),
 }
 
@@ -88,7 +106,8 @@ def _resolve_root(name: str, spec: DatasetSpec, root: str | Path | None) -> Path
             return candidate
     tried = ", ".join(str(c) for c in candidates) or "(none: no root given, SANE_DATA_DIR unset)"
     raise DatasetNotFoundError(
-        f"dataset {name!r} not found; tried {tried}. To provide it: {spec.how}"
+        f"dataset {name!r} not found; tried {tried}. To provide it: {spec.how}, where ROOT is "
+        f"the directory passed as root (--root), or else $SANE_DATA_DIR/{name}"
     )
 
 

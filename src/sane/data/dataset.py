@@ -100,10 +100,12 @@ def _check_raw(raw: RawImages, name: str) -> None:
             raise FormatError(f"{name}: train and {split} inputs differ in shape")
 
 
-def _to_float(x: np.ndarray, scale: float) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(x)).to(torch.float32) / scale
-    if not torch.isfinite(t).all():
-        raise FormatError("input data contain NaN or infinite values")
+def _to_float(x: np.ndarray, scale: float, what: str) -> torch.Tensor:
+    """A new float32 tensor ``x / scale`` (never a view of ``x``: callers modify it in place)."""
+    t = torch.from_numpy(np.ascontiguousarray(x)).to(torch.float32, copy=True).div_(scale)
+    # Integer pixels are always finite; only floating-point inputs need the (costly) check.
+    if not np.issubdtype(x.dtype, np.integer) and not torch.isfinite(t).all():
+        raise FormatError(f"{what}: inputs contain NaN or infinite values (after / {scale})")
     return t
 
 
@@ -130,10 +132,27 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return out
 
 
-def _split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
-    order = np.random.default_rng(seed).permutation(n)
-    bounds = np.floor(np.cumsum(fractions)[:-1] * n).astype(int)
-    return np.split(order, bounds)
+def _split_indices(sizes: tuple[int, ...], seed: int) -> list[np.ndarray]:
+    """A seeded permutation of ``range(sum(sizes))`` cut into parts of the given sizes."""
+    # Integer sizes, not fractions: cumulative float fractions such as 0.7 + 0.15 round down
+    # and would move an example from one split to the next.
+    order = np.random.default_rng(seed).permutation(sum(sizes))
+    return np.split(order, np.cumsum(sizes)[:-1])
+
+
+def _published_constants(
+    raw: RawImages, channels: int
+) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The published normalization constants for ``channels`` channels, if they apply."""
+    if raw.mean is None or raw.std is None:
+        return None
+    if len(raw.mean) == channels:
+        return tuple(raw.mean), tuple(raw.std)
+    # After grayscale conversion, constants equal across the colour channels still apply: the
+    # Model Zoos generators normalize grayscale SVHN with the same (0.5, 0.5) as colour data.
+    if channels == 1 and len(set(raw.mean)) == 1 and len(set(raw.std)) == 1:
+        return (raw.mean[0],), (raw.std[0],)
+    return None
 
 
 def assemble(
@@ -156,16 +175,18 @@ def assemble(
     if size is not None and size < 1:
         raise ConfigError(f"size must be positive, got {size}")
     _check_raw(raw, name)
-    x = _to_float(raw.train_x, raw.scale)
+    x = _to_float(raw.train_x, raw.scale, f"{name} train")
     y = torch.from_numpy(np.asarray(raw.train_y, dtype=np.int64))
     if raw.test_x is None:
-        train_idx, val_idx, test_idx = _split_indices(len(y), (0.7, 0.15, 0.15), seed)
+        val_n = test_n = round(0.15 * len(y))
+        sizes = (len(y) - val_n - test_n, val_n, test_n)
+        train_idx, val_idx, test_idx = _split_indices(sizes, seed)
         parts = [(x[i], y[i]) for i in (train_idx, val_idx, test_idx)]
         note = "70/15/15 of all examples (seeded)"
     else:
         val_n = round(val_fraction * len(y))
-        train_idx, val_idx = _split_indices(len(y), (1 - val_n / len(y), val_n / len(y)), seed)
-        test_x = _to_float(raw.test_x, raw.scale)
+        train_idx, val_idx = _split_indices((len(y) - val_n, val_n), seed)
+        test_x = _to_float(raw.test_x, raw.scale, f"{name} test")
         test_y = torch.from_numpy(np.asarray(raw.test_y, dtype=np.int64))
         parts = [(x[train_idx], y[train_idx]), (x[val_idx], y[val_idx]), (test_x, test_y)]
         note = f"validation = {val_n} of the official training set (seeded); test = official"
@@ -177,14 +198,16 @@ def assemble(
     train_x = parts[0][0]
     channels = train_x.shape[1]
     reduce_dims = [0, *range(2, train_x.ndim)]
-    if raw.mean is not None and raw.std is not None and len(raw.mean) == channels:
-        mean, std = tuple(raw.mean), tuple(raw.std)
+    published = _published_constants(raw, channels)
+    if published is not None:
+        mean, std = published
     else:
         mean = tuple(train_x.mean(dim=reduce_dims).tolist())
         std = tuple(train_x.std(dim=reduce_dims).clamp_min(1e-8).tolist())
     shape = (1, channels, *([1] * (train_x.ndim - 2)))
     m, s = torch.tensor(mean).view(shape), torch.tensor(std).view(shape)
-    train, val, test = (Split(((px - m) / s).contiguous(), py) for px, py in parts)
+    # In place: every part is a fresh tensor (indexing, conversion and resizing copy).
+    train, val, test = (Split(px.sub_(m).div_(s), py) for px, py in parts)
     return Dataset(
         name=name, train=train, val=val, test=test, num_classes=raw.num_classes,
         mean=mean, std=std, source=raw.source, seed=seed, split_note=note,

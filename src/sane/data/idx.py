@@ -8,6 +8,7 @@ then the values in big-endian C order.
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from sane.data.dataset import RawImages
 from sane.errors import DatasetNotFoundError, FormatError
 
+_NUM_CLASSES = 10  # MNIST and Fashion-MNIST alike
 _TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _CODES = {np.dtype(v).newbyteorder("="): k for k, v in _TYPES.items()}
 
@@ -35,7 +37,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zlib.error) as error:  # zlib.error: corrupt compressed data
         raise FormatError(f"{path}: cannot read IDX file ({error})") from error
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _TYPES:
         raise FormatError(f"{path}: not an IDX file (bad magic number {data[:4].hex()})")
@@ -85,20 +87,28 @@ def has_idx_files(root: Path) -> bool:
 
 def read_idx_dataset(root: Path, *, mean: float | None, std: float | None) -> RawImages:
     """Read the four official IDX files of an MNIST-style dataset from ``root``."""
-    arrays = {}
+    paths = {}
     for key, stem in _STEMS.items():
         path = _find(root, stem)
         if path is None:
             raise DatasetNotFoundError(f"{root}: missing {stem}[.gz]")
-        arrays[key] = read_idx(path)
+        paths[key] = path
+    arrays = {}
     for split in ("train", "test"):
-        x = arrays[f"{split}_x"]
+        x_path, y_path = paths[f"{split}_x"], paths[f"{split}_y"]
+        x, y = read_idx(x_path), read_idx(y_path)
         if x.ndim != 3:
-            raise FormatError(f"{root}: {split} images must be [N, H, W], got {x.shape}")
-        arrays[f"{split}_x"] = x[:, None]
+            raise FormatError(f"{x_path}: images must be [N, H, W], got shape {x.shape}")
+        if y.ndim != 1 or len(y) != len(x):
+            raise FormatError(f"{y_path}: expected [{len(x)}] labels, got shape {y.shape}")
+        if len(y) and (y.min() < 0 or y.max() >= _NUM_CLASSES):
+            raise FormatError(
+                f"{y_path}: labels must lie in [0, {_NUM_CLASSES}), found [{y.min()}, {y.max()}]"
+            )
+        arrays[split] = (x[:, None], y.astype(np.int64))
     return RawImages(
-        train_x=arrays["train_x"], train_y=arrays["train_y"].astype(np.int64),
-        test_x=arrays["test_x"], test_y=arrays["test_y"].astype(np.int64),
-        num_classes=10, source=str(root),
+        train_x=arrays["train"][0], train_y=arrays["train"][1],
+        test_x=arrays["test"][0], test_y=arrays["test"][1],
+        num_classes=_NUM_CLASSES, source=str(root),
         mean=None if mean is None else (mean,), std=None if std is None else (std,),
     )
