@@ -28,7 +28,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     imp = sub.add_parser("import", help="import a zoo in the published Model Zoos layout")
     imp.add_argument("path", type=Path, help="directory of ray-tune trial folders")
-    imp.add_argument("--out", required=True, type=Path, help="zoo directory to create")
+    imp.add_argument("--out", required=True, type=Path,
+                     help="zoo directory to create (or to finish, after an interruption)")
+    imp.add_argument("--max-abs", type=float, default=None, metavar="X",
+                     help="skip checkpoints with a weight of magnitude above X "
+                     "(default 1e4; the Model Zoos loaders used 5 for the CNN zoos)")
+    imp.add_argument("--split-seed", type=int, default=0, help="seed of the 70/15/15 split")
+    imp.add_argument("--strict", action="store_true",
+                     help="fail on the first bad trial or checkpoint instead of skipping it")
     imp.set_defaults(handler=_import)
 
     exp = sub.add_parser("export", help="write a zoo in another layout")
@@ -61,9 +68,11 @@ def _presets(args: argparse.Namespace) -> None:
 
 
 def _import(args: argparse.Namespace) -> None:
-    from sane.zoo.modelzoos import import_modelzoos
+    from sane.zoo.modelzoos import DEFAULT_MAX_ABS, import_modelzoos
 
-    report = import_modelzoos(args.path, args.out)
+    max_abs = DEFAULT_MAX_ABS if args.max_abs is None else args.max_abs
+    report = import_modelzoos(args.path, args.out, max_abs=max_abs, split_seed=args.split_seed,
+                              strict=args.strict)
     print(report)
 
 
