@@ -1,0 +1,647 @@
+"""A state dict as a sequence of tokens, and back, bit for bit.
+
+Each learned tensor becomes one *layer* of tokens. The tensor is viewed as a matrix
+``[rows, rest]`` (rows are output channels: ``shape[0]``; a 0-d tensor is one row, a 1-D tensor
+``[C]`` is ``C`` rows of one value), its bias (if it has one) is appended as a last column, and
+each row of ``row_length`` values is cut into ``ceil(row_length / d_t)`` consecutive tokens of
+``d_t`` values, the last one zero padded. Layers follow the state dict's key order. Token ``n``
+has the position ``(n, l, k)``: its index in the sequence, its layer and its row in the layer.
+
+A weight and its bias pair up when they sit in the same module (same key prefix), the weight's
+leaf name ends in ``weight``, the bias's leaf name is the same with ``weight`` replaced by
+``bias`` (``weight``/``bias``, ``in_proj_weight``/``in_proj_bias``), and the bias is 1-D with
+``shape[0]`` entries. Every other floating-point tensor is tokenized alone.
+
+Batch-norm parameters and running statistics are not learned like the other weights (the
+statistics are re-estimated after sampling), so by default they are kept out of the tokens, in
+:attr:`Tokens.rest`. Batch-norm modules are recognised by module type when ``model`` is given
+(instances of ``torch.nn.modules.batchnorm._BatchNorm``), otherwise by structure: a module whose
+entries include both ``running_mean`` and ``running_var`` (the state that batch norm defines;
+a module that merely has "bn" in its name is not one). ``num_batches_tracked`` never enters the
+tokens; with ``include_batchnorm=True`` every batch-norm module adds up to three layers:
+``[weight, bias]`` rows of two values, ``running_mean`` and ``running_var`` rows of one.
+
+A :class:`TokenManifest` records keys, shapes, dtypes, token ranges and what was left out, so
+:func:`detokenize` rebuilds the state dict without a reference model. It serializes to JSON.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sane.errors import ConfigError, FormatError
+
+FORMAT = "sane-tokens"
+VERSION = 1
+
+#: Dtypes a tokenized tensor may have; tokens are float64 if any tensor is, else float32.
+FLOAT_DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+
+#: Values a freshly built batch-norm module holds, by entry name (used when ``rest`` is absent).
+BATCHNORM_DEFAULTS = {
+    "weight": 1.0,
+    "bias": 0.0,
+    "running_mean": 0.0,
+    "running_var": 1.0,
+    "num_batches_tracked": 0.0,
+}
+
+
+@dataclass(frozen=True)
+class TokenLayer:
+    """One tokenized tensor (with its bias), occupying tokens ``[start, stop)``.
+
+    Row ``k`` of the matrix ``[rows, row_length]`` is tokens
+    ``[start + k·tokens_per_row, start + (k+1)·tokens_per_row)``; within a row the weight's
+    ``row_length - has_bias`` values come first, then the bias.
+    """
+
+    weight_key: str
+    bias_key: str | None
+    weight_shape: tuple[int, ...]
+    weight_dtype: str
+    bias_dtype: str | None
+    rows: int
+    row_length: int
+    tokens_per_row: int
+    start: int
+
+    @property
+    def weight_columns(self) -> int:
+        """Values of the weight in each row: ``prod(weight_shape[1:])`` (1 for 0-d and 1-D)."""
+        return self.row_length - (self.bias_key is not None)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.rows * self.tokens_per_row
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.num_tokens
+
+    def keys(self) -> tuple[str, ...]:
+        """The state-dict keys of this layer: the weight, then the bias if it has one."""
+        return (self.weight_key,) if self.bias_key is None else (self.weight_key, self.bias_key)
+
+
+@dataclass(frozen=True)
+class ExcludedTensor:
+    """A state-dict entry that is not in the tokens.
+
+    ``reason`` is ``"batchnorm"``, ``"not floating point"`` or ``"empty"``; ``fill`` is the
+    value a fresh module would hold (batch-norm entries only), else ``None``.
+    """
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+    reason: str
+    fill: float | None
+
+
+@dataclass(frozen=True)
+class TokenManifest:
+    """Everything needed to turn tokens ``[num_tokens, token_size]`` back into a state dict.
+
+    ``keys`` is the state dict's key order; ``layers[l]`` describes layer ``l``; ``excluded``
+    lists the entries kept out of the tokens. Construction checks that all of it is consistent.
+    """
+
+    token_size: int
+    num_tokens: int
+    keys: tuple[str, ...]
+    layers: tuple[TokenLayer, ...]
+    excluded: tuple[ExcludedTensor, ...]
+    include_batchnorm: bool = False
+
+    def __post_init__(self) -> None:
+        _check_manifest(self)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the tokens: float64 if any tokenized tensor is float64, else float32."""
+        dtypes = {d for layer in self.layers for d in (layer.weight_dtype, layer.bias_dtype)}
+        return torch.float64 if "float64" in dtypes else torch.float32
+
+    def tokenized_keys(self) -> tuple[str, ...]:
+        """State-dict keys that enter the tokens, in token order (each weight before its bias)."""
+        return tuple(key for layer in self.layers for key in layer.keys())
+
+    def positions(self) -> torch.Tensor:
+        """``[N, 3]`` int64: per token ``(n, l, k)`` = (index, layer, row within the layer)."""
+        counts = torch.tensor([layer.num_tokens for layer in self.layers])
+        layer = torch.repeat_interleave(torch.arange(len(self.layers)), counts)
+        row = torch.cat([
+            torch.arange(ly.rows).repeat_interleave(ly.tokens_per_row) for ly in self.layers
+        ])
+        return torch.stack([torch.arange(self.num_tokens), layer, row], dim=1)
+
+    def chunks(self) -> torch.Tensor:
+        """``[N]`` int64: per token, its index among the tokens of its row (0 for short rows)."""
+        return torch.cat([torch.arange(ly.tokens_per_row).repeat(ly.rows) for ly in self.layers])
+
+    def mask(self) -> torch.Tensor:
+        """``[N, d_t]`` bool: True where a real weight or bias sits, False on padding.
+
+        The same for every state dict of the architecture, so a token store keeps one copy.
+        """
+        blocks = []
+        for ly in self.layers:
+            row = torch.arange(ly.tokens_per_row * self.token_size) < ly.row_length
+            blocks.append(row.expand(ly.rows, -1).reshape(ly.num_tokens, self.token_size))
+        return torch.cat(blocks)
+
+    def check_state_dict(
+        self, state_dict: Mapping[str, torch.Tensor], *, finite: bool = True
+    ) -> None:
+        """Raise :class:`FormatError` unless every tokenized entry of ``state_dict`` is a tensor
+        with this manifest's shape and dtype, and (``finite``) holds no NaN or infinity.
+        Other entries are not looked at."""
+        for layer in self.layers:
+            _check_entry(state_dict, layer.weight_key, layer.weight_shape, layer.weight_dtype,
+                         finite)
+            if layer.bias_key is not None:
+                _check_entry(state_dict, layer.bias_key, (layer.rows,), layer.bias_dtype, finite)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable description (inverse of :meth:`from_dict`)."""
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "token_size": self.token_size,
+            "num_tokens": self.num_tokens,
+            "include_batchnorm": self.include_batchnorm,
+            "keys": list(self.keys),
+            "layers": [
+                {
+                    "weight_key": ly.weight_key,
+                    "bias_key": ly.bias_key,
+                    "weight_shape": list(ly.weight_shape),
+                    "weight_dtype": ly.weight_dtype,
+                    "bias_dtype": ly.bias_dtype,
+                    "rows": ly.rows,
+                    "row_length": ly.row_length,
+                    "tokens_per_row": ly.tokens_per_row,
+                    "start": ly.start,
+                }
+                for ly in self.layers
+            ],
+            "excluded": [
+                {"key": e.key, "shape": list(e.shape), "dtype": e.dtype, "reason": e.reason,
+                 "fill": e.fill}
+                for e in self.excluded
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> TokenManifest:
+        """Read :meth:`to_dict`'s output; raise :class:`FormatError` if anything is off."""
+        try:
+            if d.get("format") != FORMAT or d.get("version") != VERSION:
+                raise FormatError(
+                    f"expected a {FORMAT!r} manifest of version {VERSION}, got format "
+                    f"{d.get('format')!r} version {d.get('version')!r}"
+                )
+            layers = tuple(
+                TokenLayer(
+                    weight_key=_str(ly["weight_key"]),
+                    bias_key=None if ly["bias_key"] is None else _str(ly["bias_key"]),
+                    weight_shape=_shape(ly["weight_shape"]),
+                    weight_dtype=_str(ly["weight_dtype"]),
+                    bias_dtype=None if ly["bias_dtype"] is None else _str(ly["bias_dtype"]),
+                    rows=_int(ly["rows"]),
+                    row_length=_int(ly["row_length"]),
+                    tokens_per_row=_int(ly["tokens_per_row"]),
+                    start=_int(ly["start"]),
+                )
+                for ly in d["layers"]
+            )
+            excluded = tuple(
+                ExcludedTensor(
+                    key=_str(e["key"]),
+                    shape=_shape(e["shape"]),
+                    dtype=_str(e["dtype"]),
+                    reason=_str(e["reason"]),
+                    fill=None if e["fill"] is None else float(e["fill"]),
+                )
+                for e in d["excluded"]
+            )
+            include_batchnorm = d["include_batchnorm"]
+            if not isinstance(include_batchnorm, bool):
+                raise FormatError(f"include_batchnorm must be a boolean, got {include_batchnorm!r}")
+            return cls(
+                token_size=_int(d["token_size"]),
+                num_tokens=_int(d["num_tokens"]),
+                keys=tuple(_str(k) for k in d["keys"]),
+                layers=layers,
+                excluded=excluded,
+                include_batchnorm=include_batchnorm,
+            )
+        except FormatError:
+            raise
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise FormatError(f"malformed token manifest: {type(e).__name__}: {e}") from e
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A tokenized state dict.
+
+    ``tokens`` ``[N, d_t]`` (float32, or float64 if a tokenized tensor is), ``mask`` ``[N, d_t]``
+    bool (True on real values), ``positions`` ``[N, 3]`` int64 ``(n, l, k)``, the
+    ``manifest``, and ``rest``: copies of the entries not tokenized (batch norm unless included,
+    ``num_batches_tracked``, non-floating and empty tensors), which :func:`detokenize` takes back.
+    """
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    manifest: TokenManifest
+    rest: dict[str, torch.Tensor]
+
+
+def make_manifest(
+    state_dict: Mapping[str, torch.Tensor],
+    token_size: int | None = None,
+    *,
+    model: nn.Module | None = None,
+    include_batchnorm: bool = False,
+) -> TokenManifest:
+    """Plan the tokenization of ``state_dict`` (see the module docstring) without copying data.
+
+    ``token_size=None`` takes the longest row over all tokenized layers (bias-free ones too);
+    a smaller explicit size splits longer rows. Every state dict of the same architecture shares
+    the manifest, so a zoo plans once and calls :func:`tokenize_into` per checkpoint.
+    """
+    _check_mapping(state_dict)
+    batchnorm = _batchnorm_prefixes(state_dict, model)
+    excluded: list[ExcludedTensor] = []
+    learned: list[str] = []
+    for key, t in state_dict.items():
+        prefix, leaf = _split(key)
+        shape, dtype = tuple(t.shape), _dtype_name(t.dtype)
+        if prefix in batchnorm and (not include_batchnorm or leaf == "num_batches_tracked"):
+            excluded.append(
+                ExcludedTensor(key, shape, dtype, "batchnorm", BATCHNORM_DEFAULTS.get(leaf))
+            )
+        elif not t.is_floating_point():
+            excluded.append(ExcludedTensor(key, shape, dtype, "not floating point", None))
+        elif t.numel() == 0:
+            excluded.append(ExcludedTensor(key, shape, dtype, "empty", None))
+        else:
+            learned.append(key)
+    if not learned:
+        raise FormatError("the state dict has no non-empty floating-point tensor to tokenize")
+
+    bias_of = _pair_biases(state_dict, learned)
+    paired = set(bias_of.values())
+    units = [(key, bias_of.get(key)) for key in learned if key not in paired]
+    row_lengths = [_rows_and_length(state_dict[w].shape, b is not None)[1] for w, b in units]
+    if token_size is None:
+        token_size = max(row_lengths)
+    elif isinstance(token_size, bool) or not isinstance(token_size, numbers.Integral):
+        raise ConfigError(f"token_size must be a positive integer or None, got {token_size!r}")
+    elif token_size < 1:
+        raise ConfigError(f"token_size must be a positive integer or None, got {token_size}")
+    token_size = int(token_size)
+
+    layers, start = [], 0
+    for (weight_key, bias_key), row_length in zip(units, row_lengths):
+        weight = state_dict[weight_key]
+        rows, _ = _rows_and_length(weight.shape, bias_key is not None)
+        layer = TokenLayer(
+            weight_key=weight_key,
+            bias_key=bias_key,
+            weight_shape=tuple(weight.shape),
+            weight_dtype=_dtype_name(weight.dtype),
+            bias_dtype=None if bias_key is None else _dtype_name(state_dict[bias_key].dtype),
+            rows=rows,
+            row_length=row_length,
+            tokens_per_row=math.ceil(row_length / token_size),
+            start=start,
+        )
+        layers.append(layer)
+        start = layer.stop
+    return TokenManifest(
+        token_size=token_size,
+        num_tokens=start,
+        keys=tuple(state_dict),
+        layers=tuple(layers),
+        excluded=tuple(excluded),
+        include_batchnorm=include_batchnorm,
+    )
+
+
+def tokenize(
+    state_dict: Mapping[str, torch.Tensor],
+    token_size: int | None = None,
+    *,
+    model: nn.Module | None = None,
+    include_batchnorm: bool = False,
+) -> Tokens:
+    """Tokenize one state dict (tokens on the CPU); :func:`detokenize` inverts it exactly."""
+    manifest = make_manifest(
+        state_dict, token_size, model=model, include_batchnorm=include_batchnorm
+    )
+    tokens = torch.empty(manifest.num_tokens, manifest.token_size, dtype=manifest.dtype)
+    tokenize_into(state_dict, manifest, tokens)
+    rest = {e.key: state_dict[e.key].detach().to("cpu", copy=True) for e in manifest.excluded}
+    return Tokens(tokens, manifest.mask(), manifest.positions(), manifest, rest)
+
+
+@torch.no_grad()
+def tokenize_into(
+    state_dict: Mapping[str, torch.Tensor],
+    manifest: TokenManifest,
+    out: torch.Tensor | np.ndarray,
+) -> torch.Tensor | np.ndarray:
+    """Write the tokens of ``state_dict`` into ``out`` ``[N, d_t]`` and return ``out``.
+
+    ``state_dict`` must match ``manifest`` (same tokenized keys, shapes and dtypes; checked).
+    ``out`` is a contiguous floating tensor or numpy array, e.g. ``store[m]`` of an
+    ``[M, N, d_t]`` memory map; padding is overwritten with zeros. A dtype narrower than the
+    tensors' (say float16 for float32 weights) rounds, and then the round trip is not exact.
+    """
+    if isinstance(out, np.ndarray) and not out.flags.writeable:
+        raise FormatError("out is a read-only array; open the token store for writing")
+    target = torch.from_numpy(out) if isinstance(out, np.ndarray) else out
+    expected = (manifest.num_tokens, manifest.token_size)
+    if not isinstance(target, torch.Tensor) or tuple(target.shape) != expected:
+        raise FormatError(
+            f"out must be a tensor or array of shape {list(expected)}, got "
+            f"{list(getattr(target, 'shape', []))} ({type(out).__name__})"
+        )
+    if not target.is_floating_point() or not target.is_contiguous():
+        raise FormatError(f"out must be contiguous and floating point, got {target.dtype}")
+    manifest.check_state_dict(state_dict, finite=False)
+    for layer in manifest.layers:
+        block = target[layer.start : layer.stop].view(layer.rows, -1)
+        w = layer.weight_columns
+        block[:, :w] = state_dict[layer.weight_key].detach().reshape(layer.rows, w)
+        if layer.bias_key is not None:
+            block[:, w] = state_dict[layer.bias_key].detach()
+        block[:, layer.row_length :] = 0
+    # One finiteness check over the written tokens is much cheaper than one per tensor; only
+    # on failure is the culprit looked up.
+    if not torch.isfinite(target).all():
+        manifest.check_state_dict(state_dict)
+        raise FormatError(f"the weights overflow the {target.dtype} of out")
+    return out
+
+
+@torch.no_grad()
+def detokenize(
+    tokens: torch.Tensor | np.ndarray,
+    manifest: TokenManifest,
+    rest: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Rebuild the state dict from ``tokens`` ``[num_tokens, token_size]``; padding is ignored.
+
+    Tensors come back in the original key order and dtypes (rounded to them if ``tokens`` are
+    wider), on ``tokens``' device, independent of ``tokens``. Entries kept out of the tokens are
+    taken from ``rest`` (e.g. :attr:`Tokens.rest`); without them batch-norm entries get a fresh
+    module's values (weight 1, bias 0, running_mean 0, running_var 1, num_batches_tracked 0) and
+    anything else raises :class:`FormatError`. With ``rest``, the round trip is bit-exact.
+    """
+    if isinstance(tokens, np.ndarray):
+        with warnings.catch_warnings():
+            # A read-only memory map is fine here: tokens are only read.
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            tokens = torch.from_numpy(tokens)
+    expected = (manifest.num_tokens, manifest.token_size)
+    if not isinstance(tokens, torch.Tensor) or tuple(tokens.shape) != expected:
+        raise FormatError(
+            f"tokens must have shape {list(expected)} (num_tokens, token_size) for this manifest, "
+            f"got {list(getattr(tokens, 'shape', []))} ({type(tokens).__name__})"
+        )
+    if not tokens.is_floating_point():
+        raise FormatError(f"tokens must be floating point, got {tokens.dtype}")
+    finite = torch.isfinite(tokens)
+    if not finite.all():
+        bad = (~finite).nonzero()[0].tolist()
+        raise FormatError(
+            f"tokens hold {int((~finite).sum())} non-finite values (first at token {bad[0]}, "
+            f"column {bad[1]})"
+        )
+    tokens = tokens.detach()
+    built: dict[str, torch.Tensor] = {}
+    for layer in manifest.layers:
+        block = tokens[layer.start : layer.stop].reshape(layer.rows, -1)
+        w = layer.weight_columns
+        weight = torch.empty(
+            layer.weight_shape, dtype=FLOAT_DTYPES[layer.weight_dtype], device=tokens.device
+        )
+        weight.view(layer.rows, w).copy_(block[:, :w])
+        built[layer.weight_key] = weight
+        if layer.bias_key is not None:
+            bias = torch.empty(
+                layer.rows, dtype=FLOAT_DTYPES[layer.bias_dtype], device=tokens.device
+            )
+            built[layer.bias_key] = bias.copy_(block[:, w])
+    built.update(_restore_excluded(manifest, rest or {}))
+    return {key: built[key] for key in manifest.keys}
+
+
+def _restore_excluded(
+    manifest: TokenManifest, rest: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    expected = {e.key for e in manifest.excluded}
+    unexpected = sorted(set(rest) - expected)
+    if unexpected:
+        raise FormatError(
+            f"rest holds entries that the manifest does not exclude: {unexpected[:5]}"
+        )
+    restored = {}
+    for e in manifest.excluded:
+        if e.key in rest:
+            t = rest[e.key]
+            if not isinstance(t, torch.Tensor):
+                raise FormatError(f"rest[{e.key!r}] must be a tensor, got {type(t).__name__}")
+            if tuple(t.shape) != e.shape or _dtype_name(t.dtype) != e.dtype:
+                raise FormatError(
+                    f"rest[{e.key!r}] must have shape {list(e.shape)} and dtype {e.dtype}, got "
+                    f"{list(t.shape)} and {_dtype_name(t.dtype)}"
+                )
+            restored[e.key] = t.detach().clone()
+        elif e.fill is not None:
+            restored[e.key] = torch.full(e.shape, e.fill, dtype=_torch_dtype(e.dtype))
+        else:
+            raise FormatError(
+                f"{e.key!r} is not in the tokens ({e.reason}) and has no default; pass it in "
+                "rest (Tokens.rest holds it)"
+            )
+    return restored
+
+
+def _check_mapping(state_dict: Any) -> None:
+    if not isinstance(state_dict, Mapping):
+        raise FormatError(f"expected a state dict (a mapping), got {type(state_dict).__name__}")
+    for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise FormatError(f"state-dict keys must be strings, got {key!r}")
+        if not isinstance(value, torch.Tensor):
+            raise FormatError(f"state dict entry {key!r} must be a tensor, got "
+                              f"{type(value).__name__}")
+        if value.is_floating_point() and _dtype_name(value.dtype) not in FLOAT_DTYPES:
+            raise FormatError(
+                f"state dict entry {key!r} has dtype {value.dtype}; supported floating dtypes "
+                f"are {sorted(FLOAT_DTYPES)}"
+            )
+
+
+def _check_entry(
+    state_dict: Mapping[str, torch.Tensor],
+    key: str,
+    shape: tuple[int, ...],
+    dtype: str | None,
+    finite: bool,
+) -> None:
+    t = state_dict.get(key)
+    if not isinstance(t, torch.Tensor):
+        raise FormatError(f"state dict entry {key!r} is missing or not a tensor")
+    if tuple(t.shape) != shape or _dtype_name(t.dtype) != dtype:
+        raise FormatError(
+            f"state dict entry {key!r} must have shape {list(shape)} and dtype {dtype}, got "
+            f"{list(t.shape)} and {_dtype_name(t.dtype)}"
+        )
+    if finite and not torch.isfinite(t).all():
+        raise FormatError(f"state dict entry {key!r} holds non-finite values (NaN or infinity)")
+
+
+def _batchnorm_prefixes(
+    state_dict: Mapping[str, torch.Tensor], model: nn.Module | None
+) -> set[str]:
+    """Key prefixes of batch-norm modules: by type with ``model``, else by their state."""
+    if model is not None:
+        expected = set(model.state_dict())
+        if expected != set(state_dict):
+            missing, extra = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+            raise FormatError(
+                f"the state dict does not belong to the model: missing {missing[:5]}, "
+                f"unexpected {extra[:5]}"
+            )
+        return {
+            name
+            for name, module in model.named_modules(remove_duplicate=False)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        }
+    leaves: dict[str, set[str]] = {}
+    for key in state_dict:
+        prefix, leaf = _split(key)
+        leaves.setdefault(prefix, set()).add(leaf)
+    return {p for p, names in leaves.items() if {"running_mean", "running_var"} <= names}
+
+
+def _pair_biases(state_dict: Mapping[str, torch.Tensor], learned: list[str]) -> dict[str, str]:
+    """Map each weight key to the key of its bias (see the module docstring for the rule)."""
+    candidates = set(learned)
+    bias_of = {}
+    for key in learned:
+        prefix, leaf = _split(key)
+        weight = state_dict[key]
+        if not leaf.endswith("weight") or weight.dim() == 0:
+            continue
+        bias_leaf = leaf[: -len("weight")] + "bias"
+        bias_key = f"{prefix}.{bias_leaf}" if prefix else bias_leaf
+        if bias_key in candidates and tuple(state_dict[bias_key].shape) == (weight.shape[0],):
+            bias_of[key] = bias_key
+    return bias_of
+
+
+def _rows_and_length(shape: tuple[int, ...] | torch.Size, has_bias: bool) -> tuple[int, int]:
+    """``(rows, row_length)`` of a weight viewed as ``[shape[0], prod(shape[1:])]`` + bias."""
+    if len(shape) == 0:
+        return 1, 1 + has_bias
+    return shape[0], math.prod(shape[1:]) + has_bias
+
+
+def _split(key: str) -> tuple[str, str]:
+    """``"a.b.weight"`` -> ``("a.b", "weight")``; a root entry has the prefix ``""``."""
+    prefix, _, leaf = key.rpartition(".")
+    return prefix, leaf
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    if not isinstance(dtype, torch.dtype):
+        raise FormatError(f"unknown dtype {name!r}")
+    return dtype
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise FormatError(f"expected a string, got {value!r}")
+    return value
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FormatError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list | tuple) or any(_int(s) < 0 for s in value):
+        raise FormatError(f"expected a shape (list of non-negative integers), got {value!r}")
+    return tuple(value)
+
+
+def _check_manifest(m: TokenManifest) -> None:
+    """Raise :class:`FormatError` unless the manifest's parts agree with each other."""
+    if m.token_size < 1:
+        raise FormatError(f"token_size must be positive, got {m.token_size}")
+    if len(set(m.keys)) != len(m.keys):
+        raise FormatError("the manifest's keys are not unique")
+    start = 0
+    described: list[str] = []
+    for index, ly in enumerate(m.layers):
+        where = f"layer {index} ({ly.weight_key!r})"
+        if ly.weight_dtype not in FLOAT_DTYPES or (
+            ly.bias_key is not None and ly.bias_dtype not in FLOAT_DTYPES
+        ):
+            raise FormatError(f"{where}: dtypes must be among {sorted(FLOAT_DTYPES)}")
+        if (ly.bias_key is None) != (ly.bias_dtype is None):
+            raise FormatError(f"{where}: bias_key and bias_dtype must both be set or both null")
+        if math.prod(ly.weight_shape) == 0:
+            raise FormatError(f"{where}: an empty tensor cannot be tokenized")
+        rows, row_length = _rows_and_length(ly.weight_shape, ly.bias_key is not None)
+        if (ly.rows, ly.row_length) != (rows, row_length):
+            raise FormatError(
+                f"{where}: shape {list(ly.weight_shape)} gives {rows} rows of {row_length}, "
+                f"the manifest says {ly.rows} of {ly.row_length}"
+            )
+        if ly.tokens_per_row != math.ceil(row_length / m.token_size):
+            raise FormatError(f"{where}: tokens_per_row {ly.tokens_per_row} does not match "
+                              f"row_length {row_length} and token_size {m.token_size}")
+        if ly.start != start:
+            raise FormatError(f"{where}: starts at token {ly.start}, expected {start}")
+        start = ly.stop
+        described += ly.keys()
+    if m.num_tokens != start:
+        raise FormatError(f"num_tokens is {m.num_tokens} but the layers hold {start} tokens")
+    for e in m.excluded:
+        _torch_dtype(e.dtype)
+        described.append(e.key)
+    if sorted(described) != sorted(m.keys) or len(described) != len(set(described)):
+        raise FormatError(
+            "every key must be in exactly one layer or in excluded; mismatched: "
+            f"{sorted(set(described) ^ set(m.keys))[:5]}"
+        )
