@@ -19,7 +19,7 @@ def test_split_is_model_level_deterministic_and_order_free():
     ids = [f"m{i:04d}" for i in range(100)]
     split = make_split(ids, seed=0)
     assert [len(split[s]) for s in ("train", "val", "test")] == [70, 15, 15]
-    assert sorted(sum(split.values(), [])) == ids
+    assert sorted(i for part in split.values() for i in part) == ids
     assert make_split(list(reversed(ids)), seed=0) == split
     assert make_split(ids, seed=1) != split
 

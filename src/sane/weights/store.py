@@ -1,0 +1,314 @@
+"""The token store: every checkpoint of a zoo tokenized once, in one memory-mapped array.
+
+::
+
+    STORE/
+      store.json            format, settings, token manifest, standardization, permutation
+                            spec, one row per checkpoint (model, epoch, split), property names
+      tokens.npy            float32 [M, N, d_t]: standardized (and aligned) tokens, row m =
+                            checkpoint m; opened as a read-only memory map
+      mask.npy              bool [N, d_t]: real values vs padding, shared by all checkpoints
+      positions.npy         int64 [N, 3]: (n, l, k) per token, shared by all checkpoints
+      properties.npy        float64 [M, P]: per checkpoint metrics (NaN where unknown)
+      alignment.json/.safetensors   with ``align``: the reference and one permutation per model
+
+Each checkpoint is stored exactly once. Windows, permutations and noise are produced on the fly
+(:mod:`sane.weights.augment`, :mod:`sane.train.windows`) by index arithmetic.
+
+Preparation order: (1) plan the tokens from the zoo's architecture; (2) with ``align``, weight
+matching of every model to one reference (saved first, and reused when a crashed run is
+repeated); (3) per-tensor standardization fitted on the training split's checkpoints only and
+applied to every split; (4) tokens written into ``tokens.npy`` under a temporary name, then
+renamed; ``store.json`` is written last and marks a complete store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sane import atomic
+from sane.errors import ConfigError, FormatError
+from sane.weights.align import MANIFEST as ALIGNMENT_MANIFEST
+from sane.weights.align import Alignment, align_zoo
+from sane.weights.permutations import PermutationSpec, permutation_spec
+from sane.weights.standardize import Standardization, fit_standardization
+from sane.weights.tokenize import TokenManifest, detokenize, make_manifest, tokenize_into
+from sane.zoo.architectures import build_model
+from sane.zoo.storage import Zoo
+
+FORMAT = "sane-token-store"
+VERSION = 1
+MANIFEST = "store.json"
+PROPERTIES = ("test_acc", "val_acc", "train_acc", "ggap", "epoch", "test_loss", "val_loss",
+              "train_loss")
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """What ``sane prepare`` was asked for; a rerun with other settings is refused."""
+
+    token_size: int | None = None
+    align: bool = False
+    include_batchnorm: bool = False
+    epochs: tuple[int, ...] | None = None
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"token_size": self.token_size, "align": self.align,
+                "include_batchnorm": self.include_batchnorm,
+                "epochs": None if self.epochs is None else list(self.epochs), "seed": self.seed}
+
+
+class TokenStore:
+    """A prepared token store, opened read-only.
+
+    ``tokens`` ``[M, N, d_t]`` float32 memory map; ``mask`` ``[N, d_t]`` bool; ``positions``
+    ``[N, 3]`` int64; ``rows[m]`` = ``(model_id, epoch, split)``; ``properties`` ``[M, P]``
+    float64 named by ``property_names``.
+    """
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.meta = meta
+        self.manifest = TokenManifest.from_dict(meta["token_manifest"])
+        self.standardization = Standardization.from_dict(meta["standardization"])
+        spec = meta.get("permutation_spec")
+        self.spec = None if spec is None else PermutationSpec.from_dict(spec)
+        self.rows: list[tuple[str, int, str]] = [
+            (str(r["model"]), int(r["epoch"]), str(r["split"])) for r in meta["rows"]
+        ]
+        self.property_names: tuple[str, ...] = tuple(meta["property_names"])
+        n, d = self.manifest.num_tokens, self.manifest.token_size
+        self.tokens = _load_npy(path / "tokens.npy", (len(self.rows), n, d), np.float32, mmap=True)
+        self.mask = torch.from_numpy(_load_npy(path / "mask.npy", (n, d), np.bool_))
+        self.positions = torch.from_numpy(_load_npy(path / "positions.npy", (n, 3), np.int64))
+        self.properties = _load_npy(path / "properties.npy",
+                                    (len(self.rows), len(self.property_names)), np.float64)
+        if not torch.equal(self.mask, self.manifest.mask()) or not torch.equal(
+            self.positions, self.manifest.positions()
+        ):
+            raise FormatError(f"{path}: mask.npy or positions.npy disagree with the manifest")
+
+    @classmethod
+    def open(cls, path: str | Path) -> TokenStore:
+        path = Path(path)
+        file = path / MANIFEST
+        if not file.is_file():
+            raise FormatError(f"{path} is not a token store: {MANIFEST} not found "
+                              "(run `sane prepare ZOO --out STORE`)")
+        try:
+            meta = json.loads(file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise FormatError(f"{file}: not valid JSON ({error})") from error
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise FormatError(f"{file}: not a {FORMAT!r} manifest")
+        if meta.get("version") != VERSION:
+            raise FormatError(f"{file}: version {meta.get('version')!r} is not supported "
+                              f"(this sane reads version {VERSION})")
+        try:
+            return cls(path, meta)
+        except (KeyError, TypeError, ValueError) as error:
+            raise FormatError(f"{file}: malformed store manifest ({error!r})") from error
+
+    @property
+    def settings(self) -> StoreSettings:
+        s = self.meta["settings"]
+        epochs = None if s["epochs"] is None else tuple(s["epochs"])
+        return StoreSettings(s["token_size"], s["align"], s["include_batchnorm"], epochs, s["seed"])
+
+    @property
+    def alignment(self) -> Alignment | None:
+        return Alignment.load(self.path) if self.settings.align else None
+
+    def split_rows(self, split: str) -> np.ndarray:
+        """Indices of the rows (checkpoints) of ``split`` ("train", "val" or "test")."""
+        if split not in ("train", "val", "test"):
+            raise ConfigError(f"split must be train, val or test, got {split!r}")
+        return np.array([i for i, (_, _, s) in enumerate(self.rows) if s == split], dtype=np.int64)
+
+    def property(self, name: str) -> np.ndarray:
+        """``[M]`` float64 values of property ``name`` (NaN where unknown)."""
+        if name not in self.property_names:
+            raise ConfigError(f"unknown property {name!r}; known: {list(self.property_names)}")
+        return self.properties[:, self.property_names.index(name)]
+
+    def state_dict(self, row: int) -> dict[str, torch.Tensor]:
+        """The checkpoint of ``row`` rebuilt from its tokens: de-standardized, in the aligned
+        frame when the store is aligned; entries kept out of the tokens (batch norm by
+        default) hold a fresh module's values."""
+        tokens = torch.from_numpy(np.array(self.tokens[row]))
+        return self.standardization.invert(detokenize(tokens, self.manifest))
+
+
+def prepare_store(
+    zoo_path: str | Path,
+    out: str | Path,
+    settings: StoreSettings = StoreSettings(),
+    *,
+    progress: bool = True,
+) -> TokenStore:
+    """Tokenize every selected checkpoint of the zoo at ``zoo_path`` into a store at ``out``.
+
+    Checkpoints with non-finite weights are left out (and counted in ``store.json``). A
+    complete store with the same settings is returned as is; different settings raise
+    :class:`ConfigError`.
+    """
+    zoo, out = Zoo.open(zoo_path), Path(out)
+    if (out / MANIFEST).is_file():
+        store = TokenStore.open(out)
+        if store.settings != settings:
+            raise ConfigError(f"{out} holds a store prepared with {store.settings.to_dict()}; "
+                              "choose another --out or remove it")
+        return store
+    if not zoo.models:
+        raise FormatError(f"{zoo.path}: the zoo has no models")
+    model = build_model(zoo.models[0].architecture)
+    for entry in zoo.models:
+        if entry.architecture != zoo.models[0].architecture:
+            raise ConfigError(f"{zoo.path}: models {zoo.models[0].id!r} and {entry.id!r} have "
+                              "different architectures; prepare one store per architecture")
+    manifest = make_manifest(model.state_dict(), settings.token_size, model=model,
+                             include_batchnorm=settings.include_batchnorm)
+    spec = _spec_or_none(model, settings.align)
+    alignment = _alignment(zoo, out, settings, progress) if settings.align else None
+    rows, skipped = _select_rows(zoo, settings.epochs, manifest, alignment, progress)
+    if not any(split == "train" for _, _, split in rows):
+        raise FormatError(f"{zoo.path}: no usable training-split checkpoint to fit the "
+                          "standardization on")
+
+    def load(model_id: str, epoch: int) -> dict[str, torch.Tensor]:
+        state = zoo.load_checkpoint(model_id, epoch)
+        return state if alignment is None else alignment.apply(model_id, state)
+
+    train = [(m, e) for m, e, split in rows if split == "train"]
+    standardization = fit_standardization(
+        (load(m, e) for m, e in tqdm(train, desc="standardization", disable=not progress)),
+        keys=manifest.tokenized_keys(),
+    )
+    _write_tokens(out, rows, manifest, lambda m, e: standardization.apply(load(m, e)), progress)
+    _write_array(out / "mask.npy", manifest.mask().numpy())
+    _write_array(out / "positions.npy", manifest.positions().numpy())
+    _write_array(out / "properties.npy", _properties(zoo, rows))
+    atomic.write_json(out / MANIFEST, {
+        "format": FORMAT, "version": VERSION, "zoo": str(zoo.path.resolve()),
+        "architecture": zoo.models[0].architecture.to_dict(), "settings": settings.to_dict(),
+        "token_manifest": manifest.to_dict(), "standardization": standardization.to_dict(),
+        "permutation_spec": None if spec is None else spec.to_dict(),
+        "alignment_reference": None if alignment is None else alignment.reference,
+        "rows": [{"model": m, "epoch": e, "split": s} for m, e, s in rows],
+        "skipped_non_finite": skipped, "property_names": list(PROPERTIES),
+    })
+    return TokenStore.open(out)
+
+
+def _spec_or_none(model: torch.nn.Module, required: bool) -> PermutationSpec | None:
+    """The model's permutation spec, or None when its graph has no supported one (then the
+    store offers no permutation augmentation, and ``align`` is an error)."""
+    try:
+        return permutation_spec(model)
+    except ConfigError:
+        if required:
+            raise
+        return None
+
+
+def _alignment(zoo: Zoo, out: Path, settings: StoreSettings, progress: bool) -> Alignment:
+    if (out / ALIGNMENT_MANIFEST).is_file():
+        alignment = Alignment.load(out)
+        if alignment.seed == settings.seed and set(alignment.perms) <= {m.id for m in zoo.models}:
+            return alignment
+    alignment = align_zoo(zoo, seed=settings.seed, progress=progress)
+    alignment.save(out)
+    return alignment
+
+
+def _select_rows(
+    zoo: Zoo,
+    epochs: Sequence[int] | None,
+    manifest: TokenManifest,
+    alignment: Alignment | None,
+    progress: bool,
+) -> tuple[list[tuple[str, int, str]], int]:
+    """``(model, epoch, split)`` of every checkpoint to store, in split then id then epoch
+    order, and the number left out for non-finite weights."""
+    split_of = {m: s for s, ids in zoo.split.items() for m in ids}
+    rows, skipped = [], 0
+    ids = [m for s in ("train", "val", "test") for m in sorted(zoo.split[s])]
+    for model_id in tqdm(ids, desc="checking", unit="model", disable=not progress):
+        if alignment is not None and model_id not in alignment.perms:
+            continue  # no finite checkpoint at all
+        for epoch in zoo.checkpoint_epochs(model_id):
+            if epochs is not None and epoch not in epochs:
+                continue
+            state = zoo.load_checkpoint(model_id, epoch)
+            try:
+                manifest.check_state_dict(state, finite=False)
+            except FormatError as error:
+                raise FormatError(f"{zoo.checkpoint_path(model_id, epoch)}: {error}") from error
+            if not all(torch.isfinite(state[k]).all() for k in manifest.tokenized_keys()):
+                skipped += 1
+                continue
+            rows.append((model_id, epoch, split_of[model_id]))
+    return rows, skipped
+
+
+def _write_tokens(
+    out: Path,
+    rows: Sequence[tuple[str, int, str]],
+    manifest: TokenManifest,
+    load: Any,
+    progress: bool,
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".tokens.npy.partial"
+    shape = (len(rows), manifest.num_tokens, manifest.token_size)
+    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+    for i, (model_id, epoch, _) in enumerate(tqdm(rows, desc="tokenizing", unit="ckpt",
+                                                  disable=not progress)):
+        tokenize_into(load(model_id, epoch), manifest, array[i])
+    array.flush()
+    del array
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, out / "tokens.npy")
+
+
+def _write_array(path: Path, array: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a path
+            np.save(f, array, allow_pickle=False)
+
+    atomic.atomic_write(path, write)
+
+
+def _properties(zoo: Zoo, rows: Iterable[tuple[str, int, str]]) -> np.ndarray:
+    metrics = {}
+    values = []
+    for model_id, epoch, _ in rows:
+        if model_id not in metrics:
+            metrics[model_id] = {r["epoch"]: r for r in zoo.metrics(model_id)}
+        row = metrics[model_id][epoch]
+        values.append([float("nan") if row.get(k) is None else float(row[k]) for k in PROPERTIES])
+    return np.asarray(values, dtype=np.float64).reshape(-1, len(PROPERTIES))
+
+
+def _load_npy(path: Path, shape: tuple[int, ...], dtype: type, *, mmap: bool = False) -> np.ndarray:
+    if not path.is_file():
+        raise FormatError(f"{path}: missing")
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise FormatError(f"{path}: unreadable ({error})") from error
+    if array.shape != shape or array.dtype != np.dtype(dtype):
+        raise FormatError(f"{path}: expected {np.dtype(dtype)} {list(shape)}, "
+                          f"got {array.dtype} {list(array.shape)}")
+    return array
