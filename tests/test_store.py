@@ -181,3 +181,27 @@ def test_window_config_errors(store):
         WindowSampler(store, "train", WindowConfig(window_size=49))
     with pytest.raises(ConfigError, match="split must be"):
         WindowSampler(store, "holdout", WindowConfig(window_size=8))
+
+
+def test_hyperparameter_zoo_with_mixed_dropout_shares_one_store(tmp_path):
+    """Dropout modules shift CNN-s keys (module_list.3 vs .4): the store renames by position."""
+    archs = [ArchConfig(dropout=0.5 * (i % 2), activation=["tanh", "relu"][i // 3 % 2])
+             for i in range(6)]
+    zoo = Zoo.create(tmp_path / "zoo", [ModelEntry(f"m{i}", i, a) for i, a in enumerate(archs)],
+                     dataset={"name": "digits"})
+    for i, (entry, arch) in enumerate(zip(zoo.models, archs)):
+        zoo.write_epoch(entry.id, 0, build_model(arch, seed=i).state_dict(), {})
+    store = prepare_store(zoo.path, tmp_path / "store", StoreSettings(align=True),
+                          progress=False)
+    assert len(store.rows) == 6
+    model_id = "m1"  # dropout 0.5: its own keys are module_list.0/4/8/11/14
+    row = next(i for i, (m, _, _) in enumerate(store.rows) if m == model_id)
+    own = zoo.load_checkpoint(model_id, 0)
+    renamed = {}
+    for canonical, own_index in [(0, 0), (3, 4), (6, 8), (9, 11), (11, 14)]:
+        for leaf in ("weight", "bias"):
+            renamed[f"module_list.{canonical}.{leaf}"] = own[f"module_list.{own_index}.{leaf}"]
+    expected = store.alignment.apply(model_id, renamed)
+    rebuilt = store.state_dict(row)
+    for key, value in expected.items():
+        torch.testing.assert_close(rebuilt[key], value, rtol=1e-5, atol=1e-6)

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sane import atomic
-from sane.errors import ConfigError, FormatError
+from sane.errors import FormatError
 from sane.weights.matching import weight_matching
 from sane.weights.permutations import (
     Perms,
@@ -30,6 +30,7 @@ from sane.weights.permutations import (
     permutation_spec,
 )
 from sane.zoo.architectures import build_model
+from sane.zoo.layout import ZooLayout, zoo_layout
 from sane.zoo.storage import Zoo
 
 FORMAT = "sane-alignment"
@@ -55,7 +56,8 @@ class Alignment:
     def apply(
         self, model_id: str, state_dict: Mapping[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        """``state_dict`` (any epoch of ``model_id``) permuted into the reference's alignment."""
+        """``state_dict`` (any epoch of ``model_id``, under the zoo's canonical keys: see
+        :class:`~sane.zoo.layout.ZooLayout`) permuted into the reference's alignment."""
         if model_id not in self.perms:
             raise FormatError(f"model {model_id!r} is not in the alignment (to {self.reference!r})")
         return apply_permutation(state_dict, self.spec, self.perms[model_id])
@@ -135,21 +137,9 @@ def choose_reference(zoo: Zoo) -> str:
 
 
 def zoo_permutation_spec(zoo: Zoo) -> PermutationSpec:
-    """The permutation spec shared by every model of ``zoo`` (ConfigError if they differ)."""
-    if not zoo.models:
-        raise FormatError(f"{zoo.path}: the zoo has no models")
-    specs: dict[str, tuple[str, PermutationSpec]] = {}
-    for entry in zoo.models:
-        key = json.dumps(entry.architecture.to_dict(), sort_keys=True)
-        if key not in specs:
-            specs[key] = (entry.id, permutation_spec(build_model(entry.architecture, seed=0)))
-    (first_id, spec), *others = specs.values()
-    for other_id, other in others:
-        if other != spec:
-            raise ConfigError(f"{zoo.path}: models {first_id!r} and {other_id!r} have "
-                              "architectures with different permutation specs (state-dict keys or "
-                              "hidden sizes differ); align them as separate zoos")
-    return spec
+    """The permutation spec of ``zoo``'s shared layout, under its canonical keys (see
+    :func:`~sane.zoo.layout.zoo_layout`; ConfigError if the models' shapes differ)."""
+    return permutation_spec(build_model(zoo_layout(zoo).arch, seed=0))
 
 
 def align_zoo(zoo: Zoo, *, seed: int = 0, progress: bool = True) -> Alignment:
@@ -161,10 +151,11 @@ def align_zoo(zoo: Zoo, *, seed: int = 0, progress: bool = True) -> Alignment:
     left out), with the same ``seed`` for every model, so that a model's permutation depends
     only on the two checkpoints and ``seed``.
     """
-    spec = zoo_permutation_spec(zoo)
+    layout = zoo_layout(zoo)
+    spec = permutation_spec(build_model(layout.arch, seed=0))
     reference = choose_reference(zoo)
     reference_epoch = zoo.checkpoint_epochs(reference)[-1]
-    reference_state = _load(zoo, spec, reference, reference_epoch)
+    reference_state = _load(zoo, layout, spec, reference, reference_epoch)
     perms, epochs = {}, {}
     ids = sorted(m.id for m in zoo.models)
     for model_id in tqdm(ids, desc="aligning", unit="model", disable=not progress):
@@ -172,7 +163,7 @@ def align_zoo(zoo: Zoo, *, seed: int = 0, progress: bool = True) -> Alignment:
             perms[model_id], epochs[model_id] = identity_permutation(spec), reference_epoch
             continue
         for epoch in reversed(zoo.checkpoint_epochs(model_id)):
-            state = _load(zoo, spec, model_id, epoch)
+            state = _load(zoo, layout, spec, model_id, epoch)
             if _finite(state):
                 try:
                     perms[model_id] = weight_matching(spec, reference_state, state, seed=seed)
@@ -183,14 +174,16 @@ def align_zoo(zoo: Zoo, *, seed: int = 0, progress: bool = True) -> Alignment:
     return Alignment(reference=reference, spec=spec, perms=perms, epochs=epochs, seed=seed)
 
 
-def _load(zoo: Zoo, spec: PermutationSpec, model_id: str, epoch: int) -> dict[str, torch.Tensor]:
-    """A checkpoint whose keys and shapes fit ``spec`` (FormatError naming the file if not)."""
-    state = zoo.load_checkpoint(model_id, epoch)
+def _load(
+    zoo: Zoo, layout: ZooLayout, spec: PermutationSpec, model_id: str, epoch: int
+) -> dict[str, torch.Tensor]:
+    """A checkpoint under the canonical keys whose shapes fit ``spec`` (FormatError naming the
+    file if not)."""
     file = zoo.checkpoint_path(model_id, epoch)
-    if set(state) != set(spec.axes):
-        raise FormatError(f"{file}: keys do not match the architecture: missing "
-                          f"{sorted(set(spec.axes) - set(state))[:5]}, unexpected "
-                          f"{sorted(set(state) - set(spec.axes))[:5]}")
+    try:
+        state = layout.rename(model_id, zoo.load_checkpoint(model_id, epoch))
+    except FormatError as error:
+        raise FormatError(f"{file}: {error}") from error
     for key, names in spec.axes.items():
         tensor = state[key]
         if tensor.dim() != len(names) or any(

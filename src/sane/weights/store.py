@@ -15,18 +15,19 @@
 Each checkpoint is stored exactly once. Windows, permutations and noise are produced on the fly
 (:mod:`sane.weights.augment`, :mod:`sane.train.windows`) by index arithmetic.
 
-Preparation order: (1) plan the tokens from the zoo's architecture; (2) with ``align``, weight
-matching of every model to one reference (saved first, and reused when a crashed run is
-repeated); (3) per-tensor standardization fitted on the training split's checkpoints only and
-applied to every split; (4) tokens written into ``tokens.npy`` under a temporary name, then
-renamed; ``store.json`` is written last and marks a complete store.
+Preparation order: (1) plan the tokens from the zoo's shared layout (models that differ only
+in key names, e.g. by dropout modules, are renamed to one set of keys: :mod:`sane.zoo.layout`);
+(2) with ``align``, weight matching of every model to one reference (saved first, and reused
+when a crashed run is repeated); (3) per-tensor standardization fitted on the training split's
+checkpoints only and applied to every split; (4) tokens written into ``tokens.npy`` under a
+temporary name, then renamed; ``store.json`` is written last and marks a complete store.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from sane.weights.permutations import PermutationSpec, permutation_spec
 from sane.weights.standardize import Standardization, fit_standardization
 from sane.weights.tokenize import TokenManifest, detokenize, make_manifest, tokenize_into
 from sane.zoo.architectures import build_model
+from sane.zoo.layout import zoo_layout
 from sane.zoo.storage import Zoo
 
 FORMAT = "sane-token-store"
@@ -169,25 +171,20 @@ def prepare_store(
             raise ConfigError(f"{out} holds a store prepared with {store.settings.to_dict()}; "
                               "choose another --out or remove it")
         return store
-    if not zoo.models:
-        raise FormatError(f"{zoo.path}: the zoo has no models")
-    model = build_model(zoo.models[0].architecture)
-    for entry in zoo.models:
-        if entry.architecture != zoo.models[0].architecture:
-            raise ConfigError(f"{zoo.path}: models {zoo.models[0].id!r} and {entry.id!r} have "
-                              "different architectures; prepare one store per architecture")
+    layout = zoo_layout(zoo)
+    model = build_model(layout.arch)
     manifest = make_manifest(model.state_dict(), settings.token_size, model=model,
                              include_batchnorm=settings.include_batchnorm)
     spec = _spec_or_none(model, settings.align)
     alignment = _alignment(zoo, out, settings, progress) if settings.align else None
-    rows, skipped = _select_rows(zoo, settings.epochs, manifest, alignment, progress)
+    def load(model_id: str, epoch: int) -> dict[str, torch.Tensor]:
+        state = layout.rename(model_id, zoo.load_checkpoint(model_id, epoch))
+        return state if alignment is None else alignment.apply(model_id, state)
+
+    rows, skipped = _select_rows(zoo, settings.epochs, manifest, alignment, load, progress)
     if not any(split == "train" for _, _, split in rows):
         raise FormatError(f"{zoo.path}: no usable training-split checkpoint to fit the "
                           "standardization on")
-
-    def load(model_id: str, epoch: int) -> dict[str, torch.Tensor]:
-        state = zoo.load_checkpoint(model_id, epoch)
-        return state if alignment is None else alignment.apply(model_id, state)
 
     train = [(m, e) for m, e, split in rows if split == "train"]
     standardization = fit_standardization(
@@ -200,7 +197,7 @@ def prepare_store(
     _write_array(out / "properties.npy", _properties(zoo, rows))
     atomic.write_json(out / MANIFEST, {
         "format": FORMAT, "version": VERSION, "zoo": str(zoo.path.resolve()),
-        "architecture": zoo.models[0].architecture.to_dict(), "settings": settings.to_dict(),
+        "architecture": layout.arch.to_dict(), "settings": settings.to_dict(),
         "token_manifest": manifest.to_dict(), "standardization": standardization.to_dict(),
         "permutation_spec": None if spec is None else spec.to_dict(),
         "alignment_reference": None if alignment is None else alignment.reference,
@@ -236,6 +233,7 @@ def _select_rows(
     epochs: Sequence[int] | None,
     manifest: TokenManifest,
     alignment: Alignment | None,
+    load: Callable[[str, int], dict[str, torch.Tensor]],
     progress: bool,
 ) -> tuple[list[tuple[str, int, str]], int]:
     """``(model, epoch, split)`` of every checkpoint to store, in split then id then epoch
@@ -249,8 +247,8 @@ def _select_rows(
         for epoch in zoo.checkpoint_epochs(model_id):
             if epochs is not None and epoch not in epochs:
                 continue
-            state = zoo.load_checkpoint(model_id, epoch)
             try:
+                state = load(model_id, epoch)
                 manifest.check_state_dict(state, finite=False)
             except FormatError as error:
                 raise FormatError(f"{zoo.checkpoint_path(model_id, epoch)}: {error}") from error
@@ -265,7 +263,7 @@ def _write_tokens(
     out: Path,
     rows: Sequence[tuple[str, int, str]],
     manifest: TokenManifest,
-    load: Any,
+    load: Callable[[str, int], dict[str, torch.Tensor]],
     progress: bool,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)

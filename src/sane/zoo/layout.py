@@ -1,0 +1,70 @@
+"""The parameter layout a zoo's models share, under one set of key names.
+
+Models of one zoo may differ in hyperparameters that change state-dict *names* but not the
+tensors: a CNN-s with dropout has ``module_list.4.weight`` where one without has
+``module_list.3.weight``; activations and initializations change nothing. Whatever works on the
+whole population (alignment, the token store) needs one naming. A :class:`ZooLayout` takes the
+keys of the first model (in id order) as canonical and renames every model's state dict to
+them position by position, after checking that the tensors' shapes and dtypes agree in order.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from sane.errors import ConfigError, FormatError
+from sane.zoo.architectures import ArchConfig, build_model
+from sane.zoo.storage import Zoo
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(arch_json: str) -> tuple[tuple[str, tuple[int, ...], torch.dtype], ...]:
+    state = build_model(ArchConfig.from_dict(json.loads(arch_json)), seed=0).state_dict()
+    return tuple((k, tuple(t.shape), t.dtype) for k, t in state.items())
+
+
+def architecture_layout(arch: ArchConfig) -> tuple[tuple[str, tuple[int, ...], torch.dtype], ...]:
+    """``(key, shape, dtype)`` of every state-dict entry of ``arch``, in module order (cached)."""
+    return _layout(json.dumps(arch.to_dict(), sort_keys=True))
+
+
+@dataclass(frozen=True)
+class ZooLayout:
+    """Canonical ``keys`` and the architecture ``arch`` they come from; ``own_keys[model_id]``
+    are each model's keys in the same order."""
+
+    arch: ArchConfig
+    keys: tuple[str, ...]
+    own_keys: dict[str, tuple[str, ...]]
+
+    def rename(
+        self, model_id: str, state_dict: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """``state_dict`` of ``model_id`` under the canonical keys, in canonical order."""
+        own = self.own_keys[model_id]
+        if set(state_dict) != set(own):
+            raise FormatError(f"model {model_id}: state dict keys do not match its architecture: "
+                              f"missing {sorted(set(own) - set(state_dict))[:5]}, unexpected "
+                              f"{sorted(set(state_dict) - set(own))[:5]}")
+        return {canonical: state_dict[key] for canonical, key in zip(self.keys, own)}
+
+
+def zoo_layout(zoo: Zoo) -> ZooLayout:
+    """The shared layout of ``zoo``'s models (ConfigError naming two models that differ)."""
+    if not zoo.models:
+        raise FormatError(f"{zoo.path}: the zoo has no models")
+    first = min(zoo.models, key=lambda m: m.id)
+    reference = architecture_layout(first.architecture)
+    own_keys = {}
+    for entry in zoo.models:
+        layout = architecture_layout(entry.architecture)
+        if [(s, d) for _, s, d in layout] != [(s, d) for _, s, d in reference]:
+            raise ConfigError(f"{zoo.path}: models {first.id!r} and {entry.id!r} have different "
+                              "parameter shapes; a store or alignment needs one architecture")
+        own_keys[entry.id] = tuple(k for k, _, _ in layout)
+    return ZooLayout(first.architecture, tuple(k for k, _, _ in reference), own_keys)
