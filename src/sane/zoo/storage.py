@@ -6,7 +6,7 @@
       zoo.json                            manifest (written once, at creation)
       models/<id>/epoch_<EEE>.safetensors state dict after epoch E (0 = initialization)
       models/<id>/metrics.json            one row per finished epoch
-      models/<id>/resume_<EEE>.safetensors optimizer and RNG state after epoch E (training only)
+      models/<id>/resume_<EEE>.safetensors optimizer state after epoch E (while training only)
 
 The manifest holds the format version, the dataset, every model's id, seed, architecture and
 training recipe, and the model-level train/validation/test split, fixed at creation. Progress
@@ -222,6 +222,49 @@ class Zoo:
             atomic.save_tensors(self.checkpoint_path(model_id, epoch), state_dict)
         full = {"epoch": epoch, "checkpoint": state_dict is not None, **values}
         atomic.write_json(self.model_dir(model_id) / "metrics.json", [*rows, full])
+
+    # -- resume state (training only) -----------------------------------------------------
+    def resume_path(self, model_id: str, epoch: int) -> Path:
+        return self.model_dir(model_id) / f"resume_{epoch:03d}.safetensors"
+
+    def save_resume_state(
+        self, model_id: str, epoch: int, tensors: dict[str, torch.Tensor], kind: str
+    ) -> None:
+        """Save what training needs to continue after ``epoch`` besides the checkpoint.
+
+        ``tensors`` is typically the optimizer state; ``kind`` names what it is (for example
+        the optimizer) and is checked on loading. Write it before the epoch's metrics row.
+        """
+        atomic.save_tensors(self.resume_path(model_id, epoch), tensors, {"kind": kind})
+
+    def load_resume_state(self, model_id: str, epoch: int, kind: str) -> dict[str, torch.Tensor]:
+        """The tensors saved by :meth:`save_resume_state` for ``epoch``, checked to be ``kind``."""
+        from safetensors import SafetensorError, safe_open
+
+        file = self.resume_path(model_id, epoch)
+        if not file.is_file():
+            raise FormatError(f"{file}: resume state not found (model {model_id}, epoch "
+                              f"{epoch}); without it training cannot continue this model")
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                stored = (f.metadata() or {}).get("kind")
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
+        except (SafetensorError, OSError) as error:
+            raise FormatError(f"{file}: unreadable resume state ({error})") from error
+        if stored != kind:
+            raise FormatError(f"{file}: resume state is for {stored!r}, expected {kind!r}")
+        return tensors
+
+    def resume_epochs(self, model_id: str) -> list[int]:
+        """Epochs of ``model_id`` that have a resume state on disk, in increasing order."""
+        files = self.model_dir(model_id).glob("resume_*.safetensors")
+        return sorted(int(f.name[7:-12]) for f in files if f.name[7:-12].isdigit())
+
+    def remove_resume_state(self, model_id: str, keep: int | None = None) -> None:
+        """Delete the resume states of ``model_id``, except the one of epoch ``keep``."""
+        for epoch in self.resume_epochs(model_id):
+            if epoch != keep:
+                self.resume_path(model_id, epoch).unlink(missing_ok=True)
 
 
 def _finite_or_none(value: Any) -> float | None:

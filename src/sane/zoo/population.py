@@ -1,0 +1,452 @@
+"""Many small networks trained at once as one batched network (the population engine).
+
+On a CPU, a small CNN trained alone leaves most of the machine idle: every step is a chain of
+tiny kernels. Here ``K`` models of one architecture become one network whose tensors hold
+all ``K`` models side by side, and each model still does exactly what it would do alone:
+
+* convolutions are grouped convolutions (``groups=K``) over the ``K`` models' channel blocks,
+  in channels-last memory layout (the fastest measured on CPU); linear layers are batched
+  matrix products (``baddbmm``) over ``[K, B, features]``;
+* every model sees its own images in its own order, drops its own units with its own dropout
+  probability and random stream, and takes its own loss (mean over its batch), so gradients
+  never mix between models;
+* :class:`StackedOptimizer` is torch's Adam or SGD-with-momentum, applied per model with
+  per-model learning rate, weight decay and momentum.
+
+Every stacked parameter has the models' blocks along its first dimension, model ``k`` owning
+rows ``[k·r, (k+1)·r)``; linear weights ``[out, in]`` are kept as ``[K·out, in]`` so that one
+rule slices all of them. Floating-point rounding differs from a model trained alone (grouped
+kernels sum in another order), so the two agree to rounding, not bit for bit; for a fixed
+group and thread count the engine itself is deterministic.
+
+Random streams are derived from a model's seed and the epoch (:func:`stream_seed`), so an
+epoch can be rerun from its starting checkpoint without any saved generator state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sane.errors import ConfigError, FormatError
+from sane.zoo.architectures import ACTIVATIONS, Sequential
+
+# Named random streams of one model (the numbers only have to differ).
+ORDER_STREAM = 1
+DROPOUT_STREAM = 2
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+_ACTIVATION_TYPES = tuple({type(make()) for make in ACTIVATIONS.values()})
+_POOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d)
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d)
+
+
+def stream_seed(seed: int, stream: int, epoch: int) -> int:
+    """A 63-bit seed for random stream ``stream`` of the model with ``seed`` in ``epoch``."""
+    state = np.random.SeedSequence([seed, stream, epoch]).generate_state(1, np.uint64)[0]
+    return int(state) >> 1
+
+
+def data_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The order ``[n]`` in which the model with ``seed`` sees the training images in ``epoch``."""
+    generator = torch.Generator().manual_seed(stream_seed(seed, ORDER_STREAM, epoch))
+    return torch.randperm(n, generator=generator)
+
+
+# -- the stacked network ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Op:
+    """One layer of the stacked network: ``kind`` is conv, linear, pool, act, flatten or dropout.
+
+    ``module`` is the template layer (pool, activation) or the parametrized layer whose stride
+    and padding a convolution reuses; ``params`` indexes :attr:`StackedNet.params`.
+    """
+
+    kind: str
+    module: nn.Module | None = None
+    params: tuple[int, int] = (-1, -1)
+    site: int = -1
+
+
+def is_stackable(model: nn.Module) -> bool:
+    """Whether the population engine can train ``model``: a plain feed-forward stack."""
+    if not isinstance(model, Sequential) or any(True for _ in model.buffers()):
+        return False
+    allowed = (*_CONV_TYPES, nn.Linear, *_POOL_TYPES, *_ACTIVATION_TYPES, nn.Dropout, nn.Flatten)
+    return all(isinstance(m, allowed) and getattr(m, "groups", 1) == 1
+               for m in model.module_list)
+
+
+def _layers(model: nn.Module) -> tuple[list[nn.Module], list[float]]:
+    """The layers without dropout, and the dropout probability after each of them."""
+    layers: list[nn.Module] = []
+    after: list[float] = []
+    for m in model.module_list:
+        if isinstance(m, nn.Dropout):
+            if not layers:
+                raise ConfigError("dropout before the first layer is not supported")
+            after[-1] = float(m.p)
+        else:
+            layers.append(m)
+            after.append(0.0)
+    return layers, after
+
+
+def _signature(layer: nn.Module) -> tuple:
+    params = tuple(tuple(p.shape) for p in layer.parameters())
+    extra = (layer.stride, layer.padding, layer.dilation) if isinstance(layer, _CONV_TYPES) else ()
+    return (type(layer).__name__, params, extra, layer.extra_repr())
+
+
+class StackedNet:
+    """``K`` models of one feed-forward architecture as one network.
+
+    The models may differ in their weights and dropout probabilities (including none), not in
+    their layers. ``params`` are the stacked leaf tensors the optimizer updates; ``rows[i]``
+    is the number of rows of ``params[i]`` each model owns.
+    """
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        if not models:
+            raise ValueError("a population needs at least one model")
+        for model in models:
+            if not is_stackable(model):
+                raise ConfigError(f"{type(model).__name__} cannot be trained as a population: "
+                                  "only feed-forward stacks of conv, linear, pool, activation, "
+                                  "dropout and flatten layers can")
+        per_model = [_layers(m) for m in models]
+        template = per_model[0][0]
+        for layers, _ in per_model:
+            if [_signature(a) for a in layers] != [_signature(b) for b in template]:
+                raise ConfigError("models of one population must share their layers")
+        self.k = len(models)
+        self.keys = [self._state_keys(m) for m in models]
+        self.ops: list[_Op] = []
+        self.params: list[torch.Tensor] = []
+        self.rows: list[int] = []
+        # Dropout probability per model at each dropout site: [sites][K].
+        self.dropout: list[torch.Tensor] = []
+        for i, layer in enumerate(template):
+            if isinstance(layer, (*_CONV_TYPES, nn.Linear)):
+                group = [layers[i] for layers, _ in per_model]
+                first = self._stack([m.weight for m in group], conv=isinstance(layer, nn.Conv2d))
+                second = self._stack([m.bias for m in group], conv=False)
+                kind = "linear" if isinstance(layer, nn.Linear) else "conv"
+                self.ops.append(_Op(kind, layer, (first, second)))
+            elif isinstance(layer, nn.Flatten):
+                self.ops.append(_Op("flatten"))
+            else:
+                self.ops.append(_Op("pool" if isinstance(layer, _POOL_TYPES) else "act", layer))
+            probs = [after[i] for _, after in per_model]
+            if any(p > 0 for p in probs):
+                self.ops.append(_Op("dropout", site=len(self.dropout)))
+                self.dropout.append(torch.tensor(probs, dtype=torch.float64))
+
+    @staticmethod
+    def _state_keys(model: nn.Module) -> list[str]:
+        keys = list(model.state_dict())
+        names = [n for n, _ in model.named_parameters()]
+        if keys != names:
+            raise ConfigError("population models must keep every state in their parameters")
+        return keys
+
+    def _stack(self, tensors: list[torch.Tensor | None], conv: bool) -> int:
+        if any(t is None for t in tensors):
+            raise ConfigError("population models need a bias in every conv and linear layer")
+        stacked = torch.cat([t.detach() for t in tensors])  # type: ignore[misc]
+        if conv:
+            stacked = stacked.contiguous(memory_format=torch.channels_last)
+        self.params.append(stacked.requires_grad_(True))
+        self.rows.append(tensors[0].shape[0])  # type: ignore[union-attr]
+        return len(self.params) - 1
+
+    # -- weights in and out --------------------------------------------------------------
+    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        """Each model's state dict, with the keys and shapes of its own module."""
+        out: list[dict[str, torch.Tensor]] = [{} for _ in range(self.k)]
+        for i, (param, r) in enumerate(zip(self.params, self.rows)):
+            for k in range(self.k):
+                out[k][self.keys[k][i]] = param.detach()[k * r:(k + 1) * r].contiguous()
+        return out
+
+    def load_state_dicts(self, states: Sequence[dict[str, torch.Tensor]]) -> None:
+        """Overwrite the weights with ``states`` (one state dict per model, as saved)."""
+        with torch.no_grad():
+            for k, state in enumerate(states):
+                if set(state) != set(self.keys[k]):
+                    raise FormatError(f"state dict keys {sorted(state)} do not match the "
+                                      f"architecture's {self.keys[k]}")
+                for i, (param, r) in enumerate(zip(self.params, self.rows)):
+                    value = state[self.keys[k][i]]
+                    block = param[k * r:(k + 1) * r]
+                    if value.shape != block.shape or value.dtype != block.dtype:
+                        raise FormatError(f"{self.keys[k][i]}: expected {block.dtype} "
+                                          f"{tuple(block.shape)}, got {value.dtype} "
+                                          f"{tuple(value.shape)}")
+                    block.copy_(value)
+
+    # -- forward -------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor,
+                dropout: Sequence[torch.Generator | None] | None = None) -> torch.Tensor:
+        """Logits ``[K, B, classes]`` of inputs ``x [B, K·C, *S]`` (see :func:`per_model_batch`).
+
+        ``dropout`` gives each model's generator (``None`` for a model without dropout);
+        without it, dropout is off (evaluation mode).
+        """
+        # Layouts: "channels" [B, K·C, *S] (model k in channel block k), "features" [K, B, F].
+        h, layout = x, "channels"
+        for op in self.ops:
+            if op.kind == "conv":
+                w, b = (self.params[i] for i in op.params)
+                conv = F.conv2d if w.ndim == 4 else F.conv1d
+                layer = op.module
+                h = conv(h, w, b, layer.stride, layer.padding, layer.dilation, groups=self.k)
+                if h.ndim == 4:
+                    # With one input channel the layout is ambiguous and the convolution may
+                    # answer in NCHW, which makes pooling several times slower.
+                    h = h.contiguous(memory_format=torch.channels_last)
+            elif op.kind == "linear":
+                w, b = (self.params[i] for i in op.params)
+                w = w.view(self.k, -1, w.shape[-1])  # [K, out, in]
+                h = torch.baddbmm(b.view(self.k, 1, -1), h, w.transpose(1, 2))
+            elif op.kind == "flatten":
+                if layout == "channels":
+                    h = h.reshape(h.shape[0], self.k, -1).transpose(0, 1)
+                    layout = "features"
+            elif op.kind == "dropout":
+                if dropout is not None:
+                    h = _drop(h, layout, self.dropout[op.site], dropout)
+            else:
+                h = op.module(h)
+        return h
+
+
+def _drop(h: torch.Tensor, layout: str, probs: torch.Tensor,
+          generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+    """Dropout with model ``k``'s probability ``probs[k]`` and its own random stream.
+
+    ``h`` is ``[B, K·C, *S]`` (``layout="channels"``) or ``[K, B, F]`` (``"features"``). Each
+    model draws the uniform numbers of its own block in its own ``[B, *S, C]`` (or ``[B, F]``)
+    order, so its masks do not depend on the other models of the population.
+    """
+    k = len(generators)
+    if layout == "features":
+        per_model = tuple(h.shape[1:])
+    else:
+        per_model = (h.shape[0], *h.shape[2:], h.shape[1] // k)
+    uniform = torch.zeros(k, *per_model)
+    for i, generator in enumerate(generators):
+        if probs[i] > 0:
+            assert generator is not None
+            uniform[i].uniform_(generator=generator)
+    keep = (1 - probs).to(torch.float32).view(k, *[1] * len(per_model))
+    # Like torch's dropout: keep with probability 1 - p, scale the kept units by 1 / (1 - p).
+    # A model without dropout has keep = 1 > uniform = 0, so its mask is all ones.
+    mask = (uniform < keep).to(h.dtype) / keep
+    if layout == "channels":
+        # [K, B, *S, C] -> [B, *S, K, C] -> [B, K·C, *S], channels-last like h.
+        mask = mask.movedim(0, -2).reshape(*per_model[:-1], -1).movedim(-1, 1)
+    return h * mask
+
+
+# -- the optimizer ---------------------------------------------------------------------------
+
+class StackedOptimizer:
+    """torch's Adam and SGD (with momentum) for the models of a :class:`StackedNet`.
+
+    Model ``k`` uses ``kinds[k]`` (``"adam"`` or ``"sgd"``) with its own ``lr``,
+    ``weight_decay`` (L2, added to the gradient as in ``torch.optim``) and ``momentum`` (SGD).
+    Models must be ordered by kind so that each kind owns one contiguous block of rows. The
+    update is torch's formula term by term (Adam: betas 0.9/0.999, eps 1e-8, bias
+    correction; SGD: ``buf = momentum·buf + grad``, dampening 0, no Nesterov).
+    """
+
+    def __init__(self, net: StackedNet, kinds: Sequence[str], lr: Sequence[float],
+                 weight_decay: Sequence[float], momentum: Sequence[float]) -> None:
+        if list(kinds) != sorted(kinds):
+            raise ValueError("models must be ordered by optimizer kind")
+        self.net = net
+        self.kinds = list(kinds)
+        self.step_count = 0
+        self.blocks = {kind: (kinds.index(kind), len(kinds) - kinds[::-1].index(kind))
+                       for kind in set(kinds)}
+        count = range(len(net.params))
+        # Learning rates stay float64 until the step size is computed, as in torch.optim.
+        self._lr = [self._per_row(lr, i, torch.float64) for i in count]
+        self._neg_lr = [(-lr).float() for lr in self._lr]
+        self._wd = [self._per_row(weight_decay, i) for i in count]
+        self._momentum = [self._per_row(momentum, i) for i in count]
+        # Adam: first and second moments; SGD: the momentum buffer in the first slot.
+        self.state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in net.params]
+
+    def _per_row(self, values: Sequence[float], i: int, dtype: torch.dtype = torch.float32
+                 ) -> torch.Tensor:
+        """Per-model ``values [K]`` repeated over each model's rows of parameter ``i``."""
+        param, r = self.net.params[i], self.net.rows[i]
+        rows = torch.tensor(values, dtype=dtype).repeat_interleave(r)
+        return rows.view(-1, *[1] * (param.ndim - 1))
+
+    @torch.no_grad()
+    def step(self, grads: Sequence[torch.Tensor]) -> None:
+        """One update of every model from its gradients (stacked like the parameters)."""
+        self.step_count += 1
+        beta1, beta2 = ADAM_BETAS
+        bias1 = 1 - beta1 ** self.step_count
+        bias2_sqrt = (1 - beta2 ** self.step_count) ** 0.5
+        for i, (param, grad) in enumerate(zip(self.net.params, grads)):
+            r = self.net.rows[i]
+            first, second = self.state[i]
+            grad = grad + self._wd[i] * param
+            for kind, (a, b) in self.blocks.items():
+                rows = slice(a * r, b * r)
+                p, g, m = param[rows], grad[rows], first[rows]
+                if kind == "adam":
+                    v = second[rows]
+                    m.lerp_(g, 1 - beta1)
+                    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                    denom = (v.sqrt() / bias2_sqrt).add_(ADAM_EPS)
+                    step_size = (self._lr[i][rows] / -bias1).float()
+                    p.addcdiv_(m * step_size, denom)
+                else:
+                    m.mul_(self._momentum[i][rows]).add_(g)
+                    p.add_(m * self._neg_lr[i][rows])
+
+    # -- state in and out ----------------------------------------------------------------
+    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        """Each model's optimizer state: ``step`` and its moments (Adam) or buffer (SGD)."""
+        out = []
+        for k in range(self.net.k):
+            state = {"step": torch.tensor(self.step_count, dtype=torch.int64)}
+            for i, (first, second) in enumerate(self.state):
+                r, key = self.net.rows[i], self.net.keys[k][i]
+                if self.kinds[k] == "adam":
+                    state[f"exp_avg.{key}"] = first[k * r:(k + 1) * r]
+                    state[f"exp_avg_sq.{key}"] = second[k * r:(k + 1) * r]
+                else:
+                    state[f"momentum_buffer.{key}"] = first[k * r:(k + 1) * r]
+            out.append({name: t.contiguous() for name, t in state.items()})
+        return out
+
+    def load_state_dicts(self, states: Sequence[dict[str, torch.Tensor]]) -> None:
+        """Restore what :meth:`state_dicts` returned; every model must be at the same step."""
+        steps = {int(s["step"]) if "step" in s else -1 for s in states}
+        if len(steps) != 1 or -1 in steps:
+            raise FormatError(f"optimizer states disagree on the step count: {sorted(steps)}")
+        expected = [set(s) for s in self.state_dicts()]
+        with torch.no_grad():
+            for k, state in enumerate(states):
+                if set(state) != expected[k]:
+                    raise FormatError(f"optimizer state keys {sorted(state)} do not match the "
+                                      f"expected {sorted(expected[k])}")
+                for i, (first, second) in enumerate(self.state):
+                    r, key = self.net.rows[i], self.net.keys[k][i]
+                    rows = slice(k * r, (k + 1) * r)
+                    names = ((f"exp_avg.{key}", first), (f"exp_avg_sq.{key}", second)) \
+                        if self.kinds[k] == "adam" else ((f"momentum_buffer.{key}", first),)
+                    for name, target in names:
+                        value = state[name]
+                        if value.shape != target[rows].shape or value.dtype != target.dtype:
+                            raise FormatError(f"optimizer state {name}: expected "
+                                              f"{tuple(target[rows].shape)}, got "
+                                              f"{tuple(value.shape)} {value.dtype}")
+                        target[rows].copy_(value)
+        self.step_count = steps.pop()
+
+
+# -- epochs ----------------------------------------------------------------------------------
+
+def model_layout(x: torch.Tensor) -> torch.Tensor:
+    """Images ``[N, C, H, W]`` as ``[N, H, W, C]`` (signals ``[N, C, L]`` unchanged).
+
+    Gathering per-model batches from this layout gives channels-last batches with one copy.
+    """
+    return x.permute(0, 2, 3, 1).contiguous() if x.ndim == 4 else x.contiguous()
+
+
+def per_model_batch(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``[b, K·C, *S]``: model ``k``'s images ``x[index[k]]`` in channel block ``k``."""
+    k, b = index.shape
+    picked = x[index.T]  # [b, K, H, W, C] or [b, K, C, L]
+    if x.ndim == 4:
+        h, w, c = x.shape[1:]
+        # An explicit copy: a reshape could return a view whose strides are not channels-last
+        # (with one channel), and the convolution would then take the slow NCHW path.
+        nhwc = picked.permute(0, 2, 3, 1, 4).contiguous().view(b, h, w, k * c)
+        return nhwc.permute(0, 3, 1, 2)
+    return picked.reshape(b, -1, x.shape[-1])
+
+
+def train_epoch(
+    net: StackedNet,
+    optimizer: StackedOptimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    seeds: Sequence[int],
+    epoch: int,
+    batch_size: int,
+    on_step: Callable[[float], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train every model for one epoch over its own order of the images ``x`` (model layout).
+
+    Each step, model ``k`` takes the next ``batch_size`` images of :func:`data_order` and one
+    optimizer step on its mean cross-entropy. Returns the running mean loss and accuracy
+    ``[K]`` over the epoch (dropout on, weights changing), as the Model Zoos record them.
+    ``on_step(fraction)`` is called after each step with the fraction of the epoch it was.
+    """
+    n, k = len(y), net.k
+    orders = torch.stack([data_order(seed, epoch, n) for seed in seeds])  # [K, N]
+    generators = [
+        torch.Generator().manual_seed(stream_seed(seed, DROPOUT_STREAM, epoch))
+        if any(p[i] > 0 for p in net.dropout) else None
+        for i, seed in enumerate(seeds)
+    ]
+    loss_sum = torch.zeros(k, dtype=torch.float64)
+    correct = torch.zeros(k, dtype=torch.int64)
+    for start in range(0, n, batch_size):
+        index = orders[:, start:start + batch_size]  # [K, b]
+        labels = y[index]
+        logits = net.forward(per_model_batch(x, index), dropout=generators)
+        b = index.shape[1]
+        losses = F.cross_entropy(logits.reshape(k * b, -1), labels.reshape(-1),
+                                 reduction="none").view(k, b).mean(1)
+        # Summing the per-model means leaves each model the gradient of its own loss.
+        grads = torch.autograd.grad(losses.sum(), net.params)
+        optimizer.step(grads)
+        loss_sum += losses.detach().double() * b
+        correct += (logits.detach().argmax(-1) == labels).sum(1)
+        if on_step is not None:
+            on_step(b / n)
+    return loss_sum / n, correct.double() / n
+
+
+@torch.no_grad()
+def evaluate(net: StackedNet, x: torch.Tensor, y: torch.Tensor, *, images_per_pass: int = 1024
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy and accuracy ``[K]`` of every model on ``x`` (model layout), no dropout.
+
+    Every model sees the same batches, laid out as in training (one dense convolution over
+    shared images would need a slow conversion to channels-last). ``images_per_pass`` bounds
+    ``batch × K``: small passes stay in cache.
+    """
+    n, k = len(y), net.k
+    batch = max(1, images_per_pass // k)
+    loss_sum = torch.zeros(k, dtype=torch.float64)
+    correct = torch.zeros(k, dtype=torch.int64)
+    for start in range(0, n, batch):
+        labels = y[start:start + batch]
+        index = torch.arange(start, start + len(labels)).expand(k, -1)
+        logits = net.forward(per_model_batch(x, index))
+        b = len(labels)
+        losses = F.cross_entropy(logits.reshape(k * b, -1), labels.repeat(k), reduction="none")
+        loss_sum += losses.view(k, b).double().sum(1)
+        correct += (logits.argmax(-1) == labels).sum(1)
+    return loss_sum / n, correct.double() / n
