@@ -92,3 +92,19 @@ def test_missing_or_corrupt_checkpoint(tmp_path):
         zoo.load_checkpoint("m0000", 0)
     with pytest.raises(FormatError, match="no model"):
         zoo.model("m9999")
+
+
+def test_checkpoints_come_back_in_module_order_and_are_checked(tmp_path):
+    zoo = Zoo.create(tmp_path, _entries(3), dataset={"name": "digits"})
+    state = build_model(ArchConfig(), seed=0).state_dict()
+    zoo.write_epoch("m0000", 0, state, {})
+    # safetensors stores keys sorted ("module_list.11" before "module_list.3"); the order of
+    # layers matters to the tokenizer, so loading restores the module order.
+    assert list(zoo.load_checkpoint("m0000", 0)) == list(state)
+    wrong = dict(state, **{"module_list.3.weight": torch.zeros(6, 8, 3, 3)})
+    zoo.write_epoch("m0001", 0, wrong, {})
+    with pytest.raises(FormatError, match=r"'module_list.3.weight' is torch.float32 \[6, 8, 3"):
+        zoo.load_checkpoint("m0001", 0)
+    zoo.write_epoch("m0002", 0, {**state, "extra": torch.zeros(1)}, {})
+    with pytest.raises(FormatError, match=r"unexpected \['extra'\]"):
+        zoo.load_checkpoint("m0002", 0)

@@ -13,7 +13,9 @@ Initialization follows Model Zoos: the chosen scheme for every convolution and l
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -122,6 +124,18 @@ def build_model(config: ArchConfig, seed: int | None = None) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return _initialize(ARCHITECTURES[config.name](config), config.init)
+
+
+@functools.lru_cache(maxsize=64)
+def _state_layout(arch_json: str) -> tuple[tuple[str, tuple[int, ...], torch.dtype], ...]:
+    state = build_model(ArchConfig.from_dict(json.loads(arch_json)), seed=0).state_dict()
+    return tuple((k, tuple(t.shape), t.dtype) for k, t in state.items())
+
+
+def state_layout(config: ArchConfig) -> tuple[tuple[str, tuple[int, ...], torch.dtype], ...]:
+    """``(key, shape, dtype)`` of every state-dict entry of ``config``'s model, in module
+    order (cached per config)."""
+    return _state_layout(json.dumps(config.to_dict(), sort_keys=True))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -10,27 +10,14 @@ them position by position, after checking that the tensors' shapes and dtypes ag
 
 from __future__ import annotations
 
-import functools
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
 from sane.errors import ConfigError, FormatError
-from sane.zoo.architectures import ArchConfig, build_model
+from sane.zoo.architectures import ArchConfig, state_layout
 from sane.zoo.storage import Zoo
-
-
-@functools.lru_cache(maxsize=64)
-def _layout(arch_json: str) -> tuple[tuple[str, tuple[int, ...], torch.dtype], ...]:
-    state = build_model(ArchConfig.from_dict(json.loads(arch_json)), seed=0).state_dict()
-    return tuple((k, tuple(t.shape), t.dtype) for k, t in state.items())
-
-
-def architecture_layout(arch: ArchConfig) -> tuple[tuple[str, tuple[int, ...], torch.dtype], ...]:
-    """``(key, shape, dtype)`` of every state-dict entry of ``arch``, in module order (cached)."""
-    return _layout(json.dumps(arch.to_dict(), sort_keys=True))
 
 
 @dataclass(frozen=True)
@@ -59,10 +46,10 @@ def zoo_layout(zoo: Zoo) -> ZooLayout:
     if not zoo.models:
         raise FormatError(f"{zoo.path}: the zoo has no models")
     first = min(zoo.models, key=lambda m: m.id)
-    reference = architecture_layout(first.architecture)
+    reference = state_layout(first.architecture)
     own_keys = {}
     for entry in zoo.models:
-        layout = architecture_layout(entry.architecture)
+        layout = state_layout(entry.architecture)
         if [(s, d) for _, s, d in layout] != [(s, d) for _, s, d in reference]:
             raise ConfigError(f"{zoo.path}: models {first.id!r} and {entry.id!r} have different "
                               "parameter shapes; a store or alignment needs one architecture")

@@ -30,7 +30,7 @@ import torch
 
 from sane import atomic
 from sane.errors import FormatError
-from sane.zoo.architectures import ArchConfig
+from sane.zoo.architectures import ArchConfig, state_layout
 
 FORMAT = "sane-zoo"
 VERSION = 1
@@ -182,7 +182,9 @@ class Zoo:
         return [r["epoch"] for r in self.metrics(model_id) if r.get("checkpoint")]
 
     def load_checkpoint(self, model_id: str, epoch: int) -> dict[str, torch.Tensor]:
-        """The state dict of ``model_id`` after ``epoch``."""
+        """The state dict of ``model_id`` after ``epoch``, keys in the architecture's module
+        order (safetensors files list them sorted), checked against the architecture's keys,
+        shapes and dtypes."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -190,9 +192,21 @@ class Zoo:
         if not file.is_file():
             raise FormatError(f"{file}: checkpoint not found (model {model_id}, epoch {epoch})")
         try:
-            return load_file(str(file))
+            state = load_file(str(file))
         except (SafetensorError, OSError) as error:
             raise FormatError(f"{file}: unreadable checkpoint ({error})") from error
+        layout = state_layout(self.model(model_id).architecture)
+        keys = [k for k, _, _ in layout]
+        if set(state) != set(keys):
+            raise FormatError(f"{file}: keys do not match the architecture: missing "
+                              f"{sorted(set(keys) - set(state))[:5]}, unexpected "
+                              f"{sorted(set(state) - set(keys))[:5]}")
+        for key, shape, dtype in layout:
+            if tuple(state[key].shape) != shape or state[key].dtype != dtype:
+                raise FormatError(f"{file}: {key!r} is {state[key].dtype} "
+                                  f"{list(state[key].shape)}, the architecture has {dtype} "
+                                  f"{list(shape)}")
+        return {k: state[k] for k in keys}
 
     # -- writing --------------------------------------------------------------------------
     def write_epoch(
