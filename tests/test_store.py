@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from sane.cli import main
+from sane.commands.prepare import parse_epochs
 from sane.errors import ConfigError, FormatError
 from sane.train import WindowConfig, WindowSampler
 from sane.weights import detokenize
-from sane.weights.commands import parse_epochs
 from sane.weights.store import StoreSettings, TokenStore, prepare_store
 from sane.zoo import ArchConfig, ModelEntry, Zoo, build_model
 

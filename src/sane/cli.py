@@ -1,6 +1,6 @@
 """The ``sane`` command.
 
-Each stage package contributes its subcommands through a ``commands`` module with a
+Each stage contributes its subcommands through a module of :mod:`sane.commands` with a
 ``register(subparsers)`` function; heavy imports (torch, scipy) happen inside the handlers so
 that ``sane --help`` stays fast. A handler returns an exit status (``None`` means 0). A
 :class:`~sane.errors.SaneError` is printed as one line, without a traceback, with exit status 2.
@@ -17,10 +17,10 @@ from sane import __version__
 from sane.errors import SaneError
 
 COMMAND_MODULES = (
-    "sane.data.commands",
-    "sane.zoo.commands",
-    "sane.weights.commands",
-    "sane.demo",
+    "sane.commands.data",
+    "sane.commands.zoo",
+    "sane.commands.prepare",
+    "sane.commands.demo",
 )
 
 

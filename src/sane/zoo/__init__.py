@@ -1,6 +1,21 @@
 """Model zoos: architectures, population training, storage, Model Zoos import/export."""
 
 from sane.zoo.architectures import ARCHITECTURES, ArchConfig, build_model
+from sane.zoo.config import PRESETS, PopulationConfig, load_config
+from sane.zoo.modelzoos import export_modelzoos, import_modelzoos
 from sane.zoo.storage import ModelEntry, Zoo
+from sane.zoo.train import train_population
 
-__all__ = ["ARCHITECTURES", "ArchConfig", "ModelEntry", "Zoo", "build_model"]
+__all__ = [
+    "ARCHITECTURES",
+    "PRESETS",
+    "ArchConfig",
+    "ModelEntry",
+    "PopulationConfig",
+    "Zoo",
+    "build_model",
+    "export_modelzoos",
+    "import_modelzoos",
+    "load_config",
+    "train_population",
+]
