@@ -5,7 +5,7 @@ random models in a temporary directory, prepares a token store, then measures wi
 second for
 
 * ``store``: :class:`sane.train.WindowSampler` (random window, random permutation gathered by
-  index arithmetic, multiplicative noise) reading the memory-mapped store;
+  index arithmetic, multiplicative noise) reading the memory-mapped store, in batches of 32;
 * ``re-tokenize``: the reference code's approach: load the checkpoint, draw a permutation,
   permute the state dict, standardize, tokenize the whole model, cut the window, add noise;
 
@@ -44,17 +44,19 @@ def make_zoo(path: Path, arch: ArchConfig, models: int, epochs: int) -> Zoo:
     return zoo
 
 
-def time_store(store, window: int, samples: int) -> float:
-    config = WindowConfig(window_size=window, batch_size=1, permute=True, views=1,
+def time_store(store, window: int, samples: int, batch_size: int = 32) -> float:
+    config = WindowConfig(window_size=window, batch_size=batch_size, permute=True, views=1,
                           multiplicative_noise=0.1)
     sampler = WindowSampler(store, "train", config, seed=0)
     rows = store.split_rows("train")
     generator = torch.Generator().manual_seed(0)
-    sampler.batch(rows[:1], generator)  # warm-up
+    batch_rows = rows[torch.randint(0, len(rows), (batch_size,), generator=generator).numpy()]
+    sampler.batch(batch_rows, generator)  # warm-up
+    batches = max(1, samples // batch_size)
     start = time.perf_counter()
-    for i in range(samples):
-        sampler.batch(rows[i % len(rows) : i % len(rows) + 1], generator)
-    return samples / (time.perf_counter() - start)
+    for _ in range(batches):
+        sampler.batch(batch_rows, generator)
+    return batches * batch_size / (time.perf_counter() - start)
 
 
 def time_retokenize(zoo: Zoo, store, window: int, samples: int) -> float:
@@ -95,9 +97,9 @@ def main() -> None:
             store = prepare_store(zoo.path, Path(tmp) / "store",
                                   StoreSettings(token_size=token_size, include_batchnorm=True),
                                   progress=False)
-            fast_n, slow_n = (200, 20) if args.quick else (2000, 60)
+            fast_n, slow_n = (320, 20) if args.quick else (3200, 60)
             if name == "ResNet-18":
-                fast_n, slow_n = (200, 3) if args.quick else (1000, 10)
+                fast_n, slow_n = (320, 3) if args.quick else (1600, 10)
             fast = time_store(store, window, fast_n)
             slow = time_retokenize(zoo, store, window, slow_n)
             per_ckpt = (store.path / "tokens.npy").stat().st_size / len(store.rows)

@@ -97,25 +97,21 @@ class WindowSampler:
         c, n = self.config, self.store.manifest.num_tokens
         starts = torch.randint(0, n - c.window_size + 1, (len(rows),), generator=generator)
         views = torch.empty(c.views, len(rows), c.window_size, self.store.manifest.token_size)
-        masks, positions = [], []
-        for j, (row, start) in enumerate(zip(rows.tolist(), starts.tolist())):
-            window = slice(start, start + c.window_size)
-            mask = self.store.mask[window]
+        windows = [slice(start, start + c.window_size) for start in starts.tolist()]
+        for j, (row, window) in enumerate(zip(rows.tolist(), windows)):
             for v in range(c.views):
-                perms = None
                 if self.permuter is not None:
                     perms = random_permutation(self.store.spec, generator)
-                    tokens = gather_window(self._flat[row],
-                                           self.permuter.source(perms, start, c.window_size))
+                    source = self.permuter.source(perms, window.start, c.window_size)
+                    gather_window(self._flat[row], source, out=views[v, j])
                 else:
-                    tokens = torch.from_numpy(np.array(self.store.tokens[row, window]))
-                views[v, j] = add_noise(tokens, mask, generator,
-                                        multiplicative=c.multiplicative_noise,
-                                        additive=c.additive_noise)
-            masks.append(mask)
-            positions.append(self.store.positions[window])
+                    views[v, j] = torch.from_numpy(np.array(self.store.tokens[row, window]))
+        mask = torch.stack([self.store.mask[w] for w in windows])
+        views = add_noise(views, mask, generator, multiplicative=c.multiplicative_noise,
+                          additive=c.additive_noise)
         return WindowBatch(
-            tokens=views, mask=torch.stack(masks), positions=torch.stack(positions),
+            tokens=views, mask=mask,
+            positions=torch.stack([self.store.positions[w] for w in windows]),
             rows=torch.from_numpy(rows.copy()),
             properties=torch.from_numpy(self.store.properties[rows]),
         )

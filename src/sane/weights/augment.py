@@ -102,16 +102,24 @@ class WindowPermuter:
                 if name not in perms or tuple(perms[name].shape) != (size,):
                     raise FormatError(f"permutation {name!r} of size {size} missing or malformed")
         out = np.empty((length, d), dtype=np.int64)
-        tokens = np.arange(start, start + length)
-        layers = self._layer[tokens]
-        for layer in np.unique(layers):
-            at = np.flatnonzero(layers == layer)
-            out[at] = self._layer_source(self._maps[layer], perms, tokens[at], d)
+        # Layers occupy contiguous token ranges: walk the window layer by layer.
+        first, last = self._layer[start], self._layer[start + length - 1]
+        for layer in range(first, last + 1):
+            a = max(start, self.manifest.layers[layer].start)
+            b = min(start + length, self.manifest.layers[layer].stop)
+            self._layer_source(self._maps[layer], perms, np.arange(a, b), d,
+                               out[a - start : b - start])
         return out
 
     def _layer_source(
-        self, m: _LayerMap, perms: Mapping[str, torch.Tensor] | None, tokens: np.ndarray, d: int
-    ) -> np.ndarray:
+        self,
+        m: _LayerMap,
+        perms: Mapping[str, torch.Tensor] | None,
+        tokens: np.ndarray,
+        d: int,
+        out: np.ndarray,
+    ) -> None:
+        """Write the sources of ``tokens`` (all of layer ``m``) into ``out`` ``[T, d]``."""
         # Where each value of a permuted row comes from within its source row, padding marked by
         # a large negative offset that stays negative after the row's base is added.
         cols = np.arange(m.tokens_per_row * d)
@@ -123,15 +131,20 @@ class WindowPermuter:
         if perms is not None and m.row_perm is not None:
             rows = np.asarray(perms[m.row_perm])[rows]
         base = (m.start + rows * m.tokens_per_row) * d
-        index = within.reshape(m.tokens_per_row, d)[self._chunk[tokens]] + base[:, None]
-        return np.maximum(index, -1)
+        np.add(within.reshape(m.tokens_per_row, d)[self._chunk[tokens]], base[:, None], out=out)
+        np.maximum(out, -1, out=out)
 
 
-def gather_window(flat: np.ndarray | torch.Tensor, source: np.ndarray) -> torch.Tensor:
-    """``[length, d_t]`` values of ``flat`` ``[N·d_t]`` at ``source`` (0 where it is -1)."""
-    values = np.asarray(flat)[np.maximum(source, 0)]
-    values[source < 0] = 0
-    return torch.from_numpy(values)
+def gather_window(
+    flat: np.ndarray | torch.Tensor, source: np.ndarray, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``[length, d_t]`` values of ``flat`` ``[N·d_t]`` at ``source`` (0 where it is -1),
+    written into ``out`` (a contiguous float32 CPU tensor of that shape) when given."""
+    values = np.asarray(flat)
+    target = np.empty(source.shape, dtype=values.dtype) if out is None else out.numpy()
+    np.take(values, np.maximum(source, 0), out=target)
+    target[source < 0] = 0
+    return torch.from_numpy(target) if out is None else out
 
 
 def add_noise(
@@ -151,8 +164,10 @@ def add_noise(
         raise ConfigError("noise scales must be non-negative")
     out = tokens.clone()
     if multiplicative:
-        out = out * (1 + multiplicative * torch.randn(out.shape, generator=generator,
-                                                      dtype=out.dtype))
+        # Padding is 0 and stays 0 under a multiplicative perturbation.
+        factor = torch.randn(out.shape, generator=generator, dtype=out.dtype)
+        out.mul_(factor.mul_(multiplicative).add_(1))
     if additive:
-        out = out + additive * torch.randn(out.shape, generator=generator, dtype=out.dtype)
-    return out * mask
+        shift = torch.randn(out.shape, generator=generator, dtype=out.dtype)
+        out.add_(shift.mul_(additive).mul_(mask))
+    return out
