@@ -295,7 +295,7 @@ def test_key_mismatch_names_the_key(tmp_path):
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda f: (f / "params.json").write_text("{not json"), "params.json: unreadable"),
+    (lambda f: (f / "params.json").write_text("{not json"), "params.json: not valid JSON"),
     (lambda f: (f / "params.json").write_text(json.dumps({**ray_params(), "model::type": "MLP"})),
      "model::type 'MLP' is not supported"),
     (lambda f: (f / "params.json").write_text(json.dumps({**ray_params(), "seed": "1"})),

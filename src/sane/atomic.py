@@ -1,7 +1,8 @@
 """Atomic file writes: a temporary file in the target's directory, fsync, then rename.
 
 A reader (or a resumed job after a crash) therefore sees either the old file or the complete
-new one, never a partial write.
+new one, never a partial write. :func:`read_json` is the checked counterpart of
+:func:`write_json`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,17 @@ def write_text(path: str | Path, text: str) -> None:
 def write_json(path: str | Path, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON; NaN and infinity are rejected."""
     write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON value in ``path``; :class:`~sane.errors.FormatError` naming the file if it
+    cannot be read or parsed."""
+    from sane.errors import FormatError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise FormatError(f"{path}: not valid JSON ({error})") from error
 
 
 def save_tensors(

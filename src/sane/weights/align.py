@@ -9,7 +9,6 @@ written last, so its presence marks a complete alignment.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,10 +81,7 @@ class Alignment:
         manifest_file, tensor_file = directory / MANIFEST, directory / TENSORS
         if not manifest_file.is_file():
             raise FormatError(f"{manifest_file}: alignment manifest not found")
-        try:
-            manifest = json.loads(manifest_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise FormatError(f"{manifest_file}: not valid JSON ({error})") from error
+        manifest = atomic.read_json(manifest_file)
         _check_manifest(manifest, manifest_file)
         try:
             spec = PermutationSpec.from_dict(manifest["spec"])

@@ -25,7 +25,6 @@ temporary name, then renamed; ``store.json`` is written last and marks a complet
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -107,10 +106,7 @@ class TokenStore:
         if not file.is_file():
             raise FormatError(f"{path} is not a token store: {MANIFEST} not found "
                               "(run `sane prepare ZOO --out STORE`)")
-        try:
-            meta = json.loads(file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise FormatError(f"{file}: not valid JSON ({error})") from error
+        meta = atomic.read_json(file)
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise FormatError(f"{file}: not a {FORMAT!r} manifest")
         if meta.get("version") != VERSION:

@@ -573,10 +573,7 @@ def params_from_entry(
 
 # -- small readers -----------------------------------------------------------------------------
 def _read_json_object(file: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise FormatError(f"{file}: unreadable ({error})") from error
+    value = atomic.read_json(file)
     if not isinstance(value, dict):
         raise FormatError(f"{file}: expected a JSON object")
     return value

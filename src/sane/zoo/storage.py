@@ -18,7 +18,6 @@ imported zoos may hold checkpoints for only some epochs (a row says whether it h
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -127,10 +126,7 @@ class Zoo:
         file = path / MANIFEST
         if not file.is_file():
             raise FormatError(f"{path} is not a zoo: {MANIFEST} not found")
-        try:
-            manifest = json.loads(file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise FormatError(f"{file}: not valid JSON ({error})") from error
+        manifest = atomic.read_json(file)
         _validate_manifest(manifest, file)
         return cls(path, manifest)
 
@@ -163,10 +159,9 @@ class Zoo:
         file = self.model_dir(model_id) / "metrics.json"
         if not file.is_file():
             return []
-        try:
-            rows = json.loads(file.read_text())
-        except json.JSONDecodeError as error:
-            raise FormatError(f"{file}: not valid JSON ({error})") from error
+        rows = atomic.read_json(file)
+        if not isinstance(rows, list):
+            raise FormatError(f"{file}: expected a list of rows")
         epochs = [r.get("epoch") if isinstance(r, dict) else None for r in rows]
         if not all(isinstance(e, int) for e in epochs) or epochs != sorted(set(epochs)):
             raise FormatError(f"{file}: expected rows with strictly increasing integer epochs")
