@@ -17,7 +17,8 @@ from torch import nn
 from sane.cli import main
 from sane.errors import FormatError
 from sane.zoo.architectures import ArchConfig, build_model
-from sane.zoo.modelzoos import export_modelzoos, import_modelzoos, load_state_dict
+from sane.zoo.modelzoos.reader import import_modelzoos, load_state_dict
+from sane.zoo.modelzoos.writer import export_modelzoos
 from sane.zoo.storage import ModelEntry, Zoo
 
 ACT = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}

@@ -379,6 +379,28 @@ def test_crash_while_writing_an_epoch_resumes_to_identical_checkpoints(tmp_path,
     assert not list((tmp_path / "resumed").rglob("resume_*"))
 
 
+def test_an_error_in_a_worker_reaches_the_caller_as_the_same_error(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path)
+    original = Zoo.write_epoch
+    calls = []
+
+    def crashing(self, *args, **kwargs):
+        calls.append(args[:2])
+        if len(calls) == 7:  # after epoch 0 and part of epoch 1 of the first group
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Zoo, "write_epoch", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train_population(config, tmp_path / "zoo", progress=False)
+    monkeypatch.setattr(Zoo, "write_epoch", original)
+    for file in (tmp_path / "zoo").rglob("resume_*.safetensors"):
+        file.write_bytes(b"corrupt")
+    with pytest.raises(FormatError, match="unreadable resume state"):
+        train_population(dataclasses.replace(config, workers=2), tmp_path / "zoo",
+                         progress=False)
+
+
 def test_resume_state_round_trip_and_errors(tmp_path):
     entries = enumerate_models(PopulationConfig(space=SearchSpace(seed_range=(1, 3))))
     zoo = Zoo.create(tmp_path, entries, dataset={"name": "digits"})

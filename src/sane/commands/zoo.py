@@ -68,7 +68,7 @@ def _presets(args: argparse.Namespace) -> None:
 
 
 def _import(args: argparse.Namespace) -> None:
-    from sane.zoo.modelzoos import DEFAULT_MAX_ABS, import_modelzoos
+    from sane.zoo.modelzoos.reader import DEFAULT_MAX_ABS, import_modelzoos
 
     max_abs = DEFAULT_MAX_ABS if args.max_abs is None else args.max_abs
     report = import_modelzoos(args.path, args.out, max_abs=max_abs, split_seed=args.split_seed,
@@ -77,7 +77,7 @@ def _import(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from sane.zoo.modelzoos import export_modelzoos
+    from sane.zoo.modelzoos.writer import export_modelzoos
 
     export_modelzoos(args.zoo, args.out)
     print(f"exported {args.zoo} to {args.out} ({args.format} layout)")

@@ -8,6 +8,7 @@ from sane.weights.baselines import (
     sw_tensor_var,
     w_features,
 )
+from sane.weights.manifest import ExcludedTensor, TokenLayer, TokenManifest
 from sane.weights.matching import distance, weight_matching
 from sane.weights.permutations import (
     PermutationSpec,
@@ -20,9 +21,6 @@ from sane.weights.permutations import (
 )
 from sane.weights.standardize import Standardization, TensorStats, fit_standardization
 from sane.weights.tokenize import (
-    ExcludedTensor,
-    TokenLayer,
-    TokenManifest,
     Tokens,
     detokenize,
     make_manifest,

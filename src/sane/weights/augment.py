@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from sane.errors import ConfigError, FormatError
+from sane.weights.manifest import TokenManifest
 from sane.weights.permutations import PermutationSpec
-from sane.weights.tokenize import TokenManifest
 
 _PADDING = -(2**62)
 

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from sane.errors import FormatError
-from sane.weights.tokenize import TokenLayer, TokenManifest, make_manifest
+from sane.weights.manifest import TokenLayer, TokenManifest
+from sane.weights.tokenize import make_manifest
 
 StateDicts = Sequence[Mapping[str, torch.Tensor]]
 

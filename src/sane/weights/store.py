@@ -39,9 +39,10 @@ from sane import atomic
 from sane.errors import ConfigError, FormatError
 from sane.weights.align import MANIFEST as ALIGNMENT_MANIFEST
 from sane.weights.align import Alignment, align_zoo
+from sane.weights.manifest import TokenManifest
 from sane.weights.permutations import PermutationSpec, permutation_spec
 from sane.weights.standardize import Standardization, fit_standardization
-from sane.weights.tokenize import TokenManifest, detokenize, make_manifest, tokenize_into
+from sane.weights.tokenize import detokenize, make_manifest, tokenize_into
 from sane.zoo.architectures import build_model
 from sane.zoo.layout import zoo_layout
 from sane.zoo.storage import Zoo

@@ -14,7 +14,6 @@ is resuming.
 from __future__ import annotations
 
 import os
-import pickle
 import queue
 import signal
 import sys
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.multiprocessing as mp
 
+from sane import errors
 from sane.zoo.storage import ModelEntry, Zoo
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def run_in_workers(
             elif kind == "done":
                 finished += 1
             else:
-                raise pickle.loads(value)
+                raise _rebuild(*value)
     finally:
         for process in processes:
             if process.is_alive():
@@ -115,15 +115,17 @@ def _work(path: Path, config: PopulationConfig, data: TrainingData, todo: Any, e
         events.put(("progress", pending))
         events.put(("done", None))
     except BaseException as error:  # sent to the main process, which raises it
-        events.put(("error", _picklable(error)))
-
-
-def _picklable(error: BaseException) -> bytes:
-    try:
-        return pickle.dumps(error)
-    except Exception:  # an exception that cannot travel: send its traceback as text
         text = "".join(traceback.format_exception(error))
-        return pickle.dumps(RuntimeError(f"training worker failed:\n{text}"))
+        events.put(("error", (type(error).__name__, str(error), text)))
+
+
+def _rebuild(name: str, message: str, text: str) -> Exception:
+    """The worker's error as the main process raises it: the same :class:`SaneError` class
+    (so the CLI prints one line), anything else as a RuntimeError with the traceback."""
+    kind = getattr(errors, name, None)
+    if isinstance(kind, type) and issubclass(kind, errors.SaneError):
+        return kind(message)
+    return RuntimeError(f"training worker failed:\n{text}")
 
 
 def _die_with(parent: int) -> None:

@@ -1,16 +1,8 @@
-"""Import and export zoos in the Model Zoos layout (Schürholt et al., NeurIPS 2022).
+"""Import a Model Zoos directory as a zoo: trials, results, checkpoints and the report.
 
-A Model Zoos directory is the output folder of a ray-tune run: one folder per trained model
-("trial"), each holding
-
-* ``params.json``: the model's config with ``::`` keys (``model::type``, ``model::nlin``,
-  ``model::init_type``, ``model::dropout``, ``model::channels_in``, ``model::o_dim``,
-  ``optim::optimizer``, ``optim::lr``, ``optim::wd``, ``training::batchsize``, ``seed``...);
-* ``result.json``: JSON lines, one per tune iteration, with ``train_loss``, ``train_acc``,
-  ``test_loss``, ``test_acc`` (fractions), ``val_*`` when a validation set existed, and ray's
-  own keys (``training_iteration``, ``time_total_s``, ``config``...);
-* ``checkpoint_<N>/checkpoints`` (newer ray: ``checkpoint_<N:06d>``): the state dict saved
-  with ``torch.save`` after iteration ``N``.
+Each trial's ``params.json`` gives the model's entry (:mod:`sane.zoo.modelzoos.params`), its
+``result.json`` the metrics per epoch and its checkpoint folders the state dicts, all checked
+before anything is written; what was left out, and why, goes into an :class:`ImportReport`.
 
 Timeline: the Model Zoos trainable evaluates the initial model in its first iteration, so
 ``checkpoint_0`` is the initialization and ``training_iteration`` ``e`` is epoch ``e``. Epochs
@@ -23,16 +15,10 @@ checked against the state dict of the architecture rebuilt from ``params.json`` 
 dtypes), then for finiteness and magnitude. A bad checkpoint is skipped and reported, its
 metrics row kept with ``checkpoint: false``; a trial with an unusable ``params.json`` or
 ``result.json``, or without a usable checkpoint, is skipped and reported.
-
-Export writes the same layout. Whatever the Model Zoos keys cannot express (our own
-architectures and widths, recipe entries without a Model Zoos key, the model id, split and
-dataset) travels in ``sane::`` keys of ``params.json``, so that importing an export gives back
-the same zoo: the same ids, split, architectures, recipes, metrics and state dicts bit for bit.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -47,7 +33,8 @@ from tqdm import tqdm
 
 from sane import atomic
 from sane.errors import ConfigError, FormatError
-from sane.zoo.architectures import ARCHITECTURES, ArchConfig, build_model
+from sane.zoo.architectures import ArchConfig, build_model
+from sane.zoo.modelzoos.params import DATASET_KEY, SPLIT_KEY, entry_from_params
 from sane.zoo.storage import MANIFEST, METRIC_KEYS, ModelEntry, Zoo, make_split
 
 # Weights beyond this magnitude only come from diverged training. The Model Zoos loaders
@@ -55,36 +42,10 @@ from sane.zoo.storage import MANIFEST, METRIC_KEYS, ModelEntry, Zoo, make_split
 # large weights; up to 25,000 for ResNets): pass max_abs=5 to reproduce that selection.
 DEFAULT_MAX_ABS = 1e4
 
-# Model Zoos' `model::type` names and the architecture each one is (same state-dict keys).
-MODEL_TYPES = {"CNN": "cnn_s", "CNN3": "cnn_l", "Resnet18": "resnet18", "Resnet34": "resnet34"}
-EXPORT_TYPES = {name: kind for kind, name in MODEL_TYPES.items()}
-RESNETS = ("resnet18", "resnet34")
-# The Model Zoos CNNs assume these image sides; ResNet weights do not depend on it.
-INPUT_SIZES = {"cnn_s": 28, "cnn_l": 32, "resnet18": 32, "resnet34": 32}
-
-# Recipe keys of params.json and their names in ModelEntry.training.
-RECIPE_KEYS = {
-    "optim::optimizer": "optimizer",
-    "optim::lr": "lr",
-    "optim::wd": "weight_decay",
-    "optim::momentum": "momentum",
-    "optim::nesterov": "nesterov",
-    "optim::scheduler": "scheduler",
-    "training::batchsize": "batch_size",
-    "training::epochs_train": "epochs",
-    "training::loss": "loss",
-}
-RECIPE_PARAMS = {name: key for key, name in RECIPE_KEYS.items()}
-
-ARCH_PREFIX = "sane::architecture::"
-TRAINING_PREFIX = "sane::training::"
-ID_KEY, SPLIT_KEY, DATASET_KEY = "sane::id", "sane::split", "sane::dataset"
-
 # The Model Zoos trainable logs -999 for the training metrics of the initial evaluation.
 NOT_MEASURED = -999
 ACCURACY_KEYS = ("train_acc", "val_acc", "test_acc")
 CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)")
-SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Dataset names recognized in `dataset::dump` paths and zoo folder names, most specific first.
 DATASET_PATTERNS = (
     (re.compile(r"(?<![a-z])f(ashion)?[-_]?mnist"), "fashion-mnist"),
@@ -163,7 +124,6 @@ class _Trial:
     checkpoints: dict[int, Path]  # epoch -> usable checkpoint file
 
 
-# -- import ------------------------------------------------------------------------------------
 def import_modelzoos(
     src: str | Path,
     out: str | Path,
@@ -259,7 +219,7 @@ def _read_trial(
     """Parse one trial and check all its checkpoints (none is kept in memory)."""
     params_file = folder / "params.json"
     params = _read_json_object(params_file)
-    entry = _entry_from_params(params, params_file, default_id)
+    entry = entry_from_params(params, params_file, default_id)
     template = _template(entry.architecture, templates, params_file)
 
     files = _checkpoint_files(folder)
@@ -275,71 +235,6 @@ def _read_trial(
     if not usable:
         raise FormatError(f"{folder}: no usable checkpoint (of {len(files)})")
     return _Trial(folder, params, entry, rows, usable)
-
-
-def _entry_from_params(params: dict[str, Any], file: Path, default_id: str) -> ModelEntry:
-    model_id = params.get(ID_KEY, default_id)
-    if not isinstance(model_id, str) or not SAFE_ID.fullmatch(model_id):
-        raise FormatError(f"{file}: {ID_KEY} must be a name of letters, digits, '.', '_', '-'; "
-                          f"got {model_id!r}")
-    return ModelEntry(
-        id=model_id,
-        seed=_value(params, "seed", int, file),
-        architecture=architecture_from_params(params, file),
-        training=_recipe(params, file),
-    )
-
-
-def architecture_from_params(
-    params: dict[str, Any], file: str | Path = "params.json"
-) -> ArchConfig:
-    """The architecture a Model Zoos ``params.json`` describes.
-
-    ``model::type`` is a Model Zoos name (``CNN`` = CNN-s, ``CNN3`` = CNN-l, ``Resnet18``,
-    ``Resnet34``) or one of our architecture names (as our export writes). As in the Model
-    Zoos code, the CNNs always have 10 outputs (``model::o_dim`` is ignored there) and the
-    ResNets use ReLU without dropout (``model::nlin`` and ``model::dropout`` are ignored
-    there). ``sane::architecture::<field>`` keys override the result field by field.
-    """
-    kind = params.get("model::type")
-    name = MODEL_TYPES.get(kind, kind) if isinstance(kind, str) else None
-    if name not in ARCHITECTURES:
-        raise FormatError(f"{file}: model::type {kind!r} is not supported; supported: "
-                          f"{sorted(MODEL_TYPES)} and {sorted(ARCHITECTURES)}")
-    fields: dict[str, Any] = {
-        "name": name,
-        "in_channels": _value(params, "model::channels_in", int, file),
-        "init": _value(params, "model::init_type", str, file),
-        "input_size": INPUT_SIZES.get(name, ArchConfig.input_size),
-    }
-    if kind in MODEL_TYPES and name in RESNETS:
-        fields |= {"activation": "relu", "dropout": 0.0,
-                   "num_classes": _value(params, "model::o_dim", int, file)}
-    else:
-        fields |= {"activation": _value(params, "model::nlin", str, file),
-                   "dropout": float(_value(params, "model::dropout", (int, float), file))}
-        fields["num_classes"] = (10 if kind in MODEL_TYPES
-                                 else _value(params, "model::o_dim", int, file))
-    overrides = {k[len(ARCH_PREFIX):]: v for k, v in params.items() if k.startswith(ARCH_PREFIX)}
-    try:
-        return ArchConfig.from_dict({**ArchConfig(**fields).to_dict(), **overrides})
-    except (ConfigError, TypeError, ValueError) as error:
-        raise FormatError(f"{file}: {error}") from error
-
-
-def _recipe(params: dict[str, Any], file: Path) -> dict[str, Any]:
-    recipe: dict[str, Any] = {}
-    for key, value in params.items():
-        if key in RECIPE_KEYS:
-            name = RECIPE_KEYS[key]
-        elif key.startswith(TRAINING_PREFIX):
-            name = key[len(TRAINING_PREFIX):]
-        else:
-            continue
-        if name in recipe:
-            raise FormatError(f"{file}: recipe entry {name!r} is given twice")
-        recipe[name] = value
-    return recipe
 
 
 def _template(arch: ArchConfig, templates: dict[ArchConfig, Template], file: Path) -> Template:
@@ -501,91 +396,11 @@ def _create_or_resume(out: Path, manifest: dict[str, Any]) -> Zoo:
     return zoo
 
 
-# -- export ------------------------------------------------------------------------------------
-def export_modelzoos(zoo_dir: str | Path, out: str | Path, *, progress: bool = True) -> None:
-    """Write the zoo at ``zoo_dir`` in the Model Zoos layout under ``out`` (new or empty).
-
-    One trial folder per model (its original folder name when the zoo was imported, else
-    ``NN_tune_trainable_<id>``) with ``params.json``, ``result.json`` (one line per recorded
-    epoch, ``training_iteration`` = epoch, metrics that are known) and
-    ``checkpoint_<epoch:06d>/checkpoints`` for every stored checkpoint.
-    """
-    zoo = Zoo.open(zoo_dir)
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FormatError(f"{out}: exists and is not an empty directory")
-    names = zoo.manifest.get("modelzoos", {}).get("trials", {})
-    split_of = {i: part for part, ids in zoo.split.items() for i in ids}
-    for entry in tqdm(zoo.models, desc="exporting", unit="model",
-                      disable=None if progress else True):
-        name = names.get(entry.id, f"NN_tune_trainable_{entry.id}")
-        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
-            raise FormatError(f"{zoo.path / MANIFEST}: trial folder name {name!r} for model "
-                              f"{entry.id} is not a plain folder name")
-        folder = out / name
-        params = params_from_entry(entry, split_of[entry.id], zoo.dataset)
-        atomic.write_json(folder / "params.json", params)
-        rows = zoo.metrics(entry.id)
-        lines = [{"training_iteration": row["epoch"],
-                  **{k: row[k] for k in METRIC_KEYS if row.get(k) is not None}} for row in rows]
-        atomic.write_text(folder / "result.json", "".join(json.dumps(x) + "\n" for x in lines))
-        for epoch in zoo.checkpoint_epochs(entry.id):
-            state = zoo.load_checkpoint(entry.id, epoch)
-            atomic.atomic_write(folder / f"checkpoint_{epoch:06d}" / "checkpoints",
-                                lambda tmp, state=state: torch.save(state, tmp))
-
-
-def params_from_entry(
-    entry: ModelEntry, split: str | None = None, dataset: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The ``params.json`` of ``entry``: Model Zoos keys plus ``sane::`` keys for the rest.
-
-    :func:`architecture_from_params` of the result gives back ``entry.architecture`` exactly:
-    the fields the Model Zoos keys do not determine are written as
-    ``sane::architecture::<field>``.
-    """
-    arch = entry.architecture
-    params: dict[str, Any] = {
-        "model::type": EXPORT_TYPES.get(arch.name, arch.name),
-        "model::channels_in": arch.in_channels,
-        "model::o_dim": arch.num_classes,
-        "model::nlin": arch.activation,
-        "model::dropout": arch.dropout,
-        "model::init_type": arch.init,
-        "seed": entry.seed,
-    }
-    implied = architecture_from_params(params)
-    full = arch.to_dict()
-    for field in dataclasses.fields(ArchConfig):
-        if getattr(arch, field.name) != getattr(implied, field.name):
-            params[ARCH_PREFIX + field.name] = full[field.name]
-    for name, value in entry.training.items():
-        params[RECIPE_PARAMS.get(name, TRAINING_PREFIX + name)] = value
-    params[ID_KEY] = entry.id
-    if split is not None:
-        params[SPLIT_KEY] = split
-    if dataset is not None:
-        params[DATASET_KEY] = dataset
-        if isinstance(dataset.get("dump"), str):
-            params["dataset::dump"] = dataset["dump"]
-    return params
-
-
 # -- small readers -----------------------------------------------------------------------------
 def _read_json_object(file: Path) -> dict[str, Any]:
     value = atomic.read_json(file)
     if not isinstance(value, dict):
         raise FormatError(f"{file}: expected a JSON object")
-    return value
-
-
-def _value(params: dict[str, Any], key: str, kind: type | tuple[type, ...], file) -> Any:
-    if key not in params:
-        raise FormatError(f"{file}: missing key {key!r}")
-    value = params[key]
-    if isinstance(value, bool) or not isinstance(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise FormatError(f"{file}: {key} must be {names}, got {value!r}")
     return value
 
 
