@@ -89,7 +89,8 @@ def test_activation_option(activation):
     ("change", "message"),
     [({"name": "vgg"}, "unknown architecture"), ({"activation": "swish"}, "unknown activation"),
      ({"init": "zeros"}, "unknown init"), ({"dropout": 1.0}, "dropout"),
-     ({"num_classes": 0}, "num_classes"), ({"input_size": 8}, "input size too small")],
+     ({"num_classes": 0}, "num_classes"), ({"input_size": 8}, "input size too small"),
+     ({"name": "resnet18", "dropout": 0.5}, "resnet18 has no dropout layers")],
 )
 def test_bad_config_raises(change, message):
     with pytest.raises(ConfigError, match=message):

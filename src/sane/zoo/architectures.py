@@ -243,6 +243,11 @@ def cnn1d(c: ArchConfig) -> nn.Module:
     ])
 
 
+def _no_dropout(c: ArchConfig) -> None:
+    if c.dropout > 0:
+        raise ConfigError(f"{c.name} has no dropout layers; set dropout to 0")
+
+
 class BasicBlock(nn.Module):
     """ResNet basic block: two 3×3 convolutions with batch-norm and a residual connection."""
 
@@ -271,6 +276,7 @@ class ResNet(nn.Module):
 
     def __init__(self, blocks: tuple[int, ...], c: ArchConfig) -> None:
         super().__init__()
+        _no_dropout(c)
         act = ACTIVATIONS[c.activation]
         widths = [64 * c.width * 2**i for i in range(len(blocks))]
         self.conv1 = nn.Conv2d(c.in_channels, widths[0], 3, 1, 1, bias=False)
@@ -295,6 +301,7 @@ class ResNet(nn.Module):
 def resnet18(c: ArchConfig) -> nn.Module:
     """ResNet-18 (11,173,962 parameters for 3 channels and 10 classes)."""
     return ResNet((2, 2, 2, 2), c)
+
 
 
 @register("resnet34")

@@ -21,6 +21,11 @@ group and thread count the engine itself is deterministic.
 
 Random streams are derived from a model's seed and the epoch (:func:`stream_seed`), so an
 epoch can be rerun from its starting checkpoint without any saved generator state.
+
+Architectures that cannot be stacked (batch norm, residual connections: the ResNets) train one
+model at a time: :class:`SingleNet` wraps one ordinary module in the interface of a
+:class:`StackedNet` with ``K = 1``, so the same epoch loop, optimizer and checkpoints serve
+both; its state includes the batch-norm running statistics.
 """
 
 from __future__ import annotations
@@ -257,10 +262,81 @@ def _drop(h: torch.Tensor, layout: str, probs: torch.Tensor,
     return h * mask
 
 
+# -- one network that cannot be stacked --------------------------------------------------------
+
+# Layers that draw from torch's global random state in training mode.
+_DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                  nn.FeatureAlphaDropout)
+
+
+class SingleNet:
+    """One ordinary module with the interface of a :class:`StackedNet` of ``K = 1`` model.
+
+    For architectures the engine cannot stack (see :func:`is_stackable`): the module runs as
+    it is, in training mode (batch norm normalizes with batch statistics and updates its
+    running statistics) while it trains, in evaluation mode otherwise. ``params`` are the
+    module's own parameters in ``named_parameters`` order and ``rows[i]`` is
+    ``params[i].shape[0]`` (all rows belong to the one model), so :class:`StackedOptimizer`
+    updates them in place. Modules with active dropout are refused: their masks would come
+    from torch's global random state, which an epoch rerun from its checkpoint cannot
+    reproduce.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        if any(isinstance(m, _DROPOUT_TYPES) and m.p > 0 for m in model.modules()):
+            raise ConfigError(f"{type(model).__name__} has dropout, which a model trained alone "
+                              "cannot resume exactly")
+        named = list(model.named_parameters())
+        for name, param in named:
+            if param.ndim == 0:
+                raise ConfigError(f"{type(model).__name__}.{name} is a scalar parameter, which "
+                                  "training does not support")
+        self.model = model
+        self.k = 1
+        self.params = [param for _, param in named]
+        self.rows = [param.shape[0] for param in self.params]
+        self.keys = [[name for name, _ in named]]
+        self.dropout: list[torch.Tensor] = []
+
+    # -- weights in and out --------------------------------------------------------------
+    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        """``[state]``: a copy of the module's full state dict, buffers included."""
+        state = self.model.state_dict()
+        return [{key: value.detach().cpu().clone(memory_format=torch.contiguous_format)
+                 for key, value in state.items()}]
+
+    def load_state_dicts(self, states: Sequence[dict[str, torch.Tensor]]) -> None:
+        """Overwrite parameters and buffers with ``states`` (``[state]``, as saved)."""
+        if len(states) != 1:
+            raise ValueError(f"one state dict expected, got {len(states)}")
+        state, expected = states[0], self.model.state_dict()
+        if set(state) != set(expected):
+            raise FormatError(f"state dict keys {sorted(state)} do not match the "
+                              f"architecture's {list(expected)}")
+        for key, target in expected.items():
+            value = state[key]
+            if value.shape != target.shape or value.dtype != target.dtype:
+                raise FormatError(f"{key}: expected {target.dtype} {tuple(target.shape)}, got "
+                                  f"{value.dtype} {tuple(value.shape)}")
+        self.model.load_state_dict(state)
+
+    # -- forward -------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor,
+                dropout: Sequence[torch.Generator | None] | None = None) -> torch.Tensor:
+        """Logits ``[1, B, classes]`` of inputs ``x [B, C, *S]`` (:func:`per_model_batch`).
+
+        Training mode when ``dropout`` is given (``[None]``: the module draws no random
+        numbers), evaluation mode without it, as for a :class:`StackedNet`.
+        """
+        self.model.train(dropout is not None)
+        return self.model(x).unsqueeze(0)
+
+
 # -- the optimizer ---------------------------------------------------------------------------
 
 class StackedOptimizer:
-    """torch's Adam and SGD (with momentum) for the models of a :class:`StackedNet`.
+    """torch's Adam and SGD (with momentum) for the models of a :class:`StackedNet`
+    (or the one model of a :class:`SingleNet`).
 
     Model ``k`` uses ``kinds[k]`` (``"adam"`` or ``"sgd"``) with its own ``lr``,
     ``weight_decay`` (L2, added to the gradient as in ``torch.optim``) and ``momentum`` (SGD).
@@ -269,7 +345,7 @@ class StackedOptimizer:
     correction; SGD: ``buf = momentum·buf + grad``, dampening 0, no Nesterov).
     """
 
-    def __init__(self, net: StackedNet, kinds: Sequence[str], lr: Sequence[float],
+    def __init__(self, net: StackedNet | SingleNet, kinds: Sequence[str], lr: Sequence[float],
                  weight_decay: Sequence[float], momentum: Sequence[float]) -> None:
         if list(kinds) != sorted(kinds):
             raise ValueError("models must be ordered by optimizer kind")
@@ -385,7 +461,7 @@ def per_model_batch(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def train_epoch(
-    net: StackedNet,
+    net: StackedNet | SingleNet,
     optimizer: StackedOptimizer,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -429,8 +505,8 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(net: StackedNet, x: torch.Tensor, y: torch.Tensor, *, images_per_pass: int = 1024
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluate(net: StackedNet | SingleNet, x: torch.Tensor, y: torch.Tensor, *,
+             images_per_pass: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy and accuracy ``[K]`` of every model on ``x`` (model layout), no dropout.
 
     Every model sees the same batches, laid out as in training (one dense convolution over

@@ -4,7 +4,8 @@
 creates the zoo (manifest with the resolved config, the dataset and the model-level split),
 splits the models into groups that train together (:func:`plan_groups`, see
 :mod:`sane.zoo.population`) and records every epoch of every model, epoch 0 being the
-initialization.
+initialization. Architectures the population engine cannot stack (batch norm: the ResNets)
+train one model at a time, through the same loop, records and resume.
 
 What a row records (:data:`sane.zoo.storage.METRIC_KEYS`): ``val_*`` and ``test_*`` come from
 an evaluation pass (dropout off) over the whole validation and test splits after the epoch;
@@ -40,9 +41,10 @@ from tqdm.auto import tqdm
 
 from sane.data import load_dataset
 from sane.errors import ConfigError
-from sane.zoo.architectures import ArchConfig, build_model
+from sane.zoo.architectures import build_model
 from sane.zoo.config import PopulationConfig, enumerate_models
 from sane.zoo.population import (
+    SingleNet,
     StackedNet,
     StackedOptimizer,
     evaluate,
@@ -76,7 +78,6 @@ def train_population(config: PopulationConfig, out: str | Path, *, progress: boo
     """
     out = Path(out)
     entries = enumerate_models(config)
-    _check_trainable(config.architecture)
     zoo = _open_existing(out, config, entries)
     groups = plan_groups(entries, config.models_per_group)
     if zoo is not None and all(_start_epoch(zoo, g) >= config.epochs for g in groups):
@@ -84,6 +85,7 @@ def train_population(config: PopulationConfig, out: str | Path, *, progress: boo
             _finish(zoo, group)
         return zoo
     data = load_training_data(config)
+    _check_batchnorm_batches(groups, len(data.train[1]))
     if zoo is None:
         split = make_split([e.id for e in entries], config.split, config.split_seed)
         zoo = Zoo.create(out, entries, dataset=data.info, split=split,
@@ -120,7 +122,8 @@ def plan_groups(entries: Sequence[ModelEntry], group_size: Callable[[int], int]
 
     Each set of compatible models is cut into the fewest groups of at most
     ``group_size(batch_size)``, of near-equal sizes; inside a group, models are ordered by
-    optimizer, then by id.
+    optimizer, then by id. A model whose architecture cannot be stacked
+    (:func:`~sane.zoo.population.is_stackable`) is a group of its own.
     """
     compatible: dict[tuple, list[ModelEntry]] = {}
     for entry in entries:
@@ -128,7 +131,12 @@ def plan_groups(entries: Sequence[ModelEntry], group_size: Callable[[int], int]
         shape = dataclasses.replace(entry.architecture, init="uniform", dropout=0.0)
         compatible.setdefault((shape, entry.training["batch_size"]), []).append(entry)
     groups = []
-    for (_, batch_size), members in compatible.items():
+    for (shape, batch_size), members in compatible.items():
+        with torch.device("meta"):  # the layers without their weights: fast, draws no numbers
+            stackable = is_stackable(build_model(shape))
+        if not stackable:
+            groups += [[entry] for entry in members]
+            continue
         count = -(-len(members) // group_size(batch_size))
         for i in range(count):
             part = members[i * len(members) // count:(i + 1) * len(members) // count]
@@ -180,12 +188,15 @@ def train_group(zoo: Zoo, group: list[ModelEntry], start: int, data: TrainingDat
                 config: PopulationConfig, report: Callable[[float], None]) -> None:
     """Train ``group`` together from epoch ``start`` (-1: from scratch) to the last epoch.
 
+    A group of one model that cannot be stacked trains as a :class:`SingleNet`.
     ``report(model_epochs)`` is called as training advances (fractions of model-epochs).
     """
     ids = [e.id for e in group]
     _remove_temporary_files(zoo, group)
     recorded = [_last_epoch(zoo, i) for i in ids]
-    net = StackedNet([build_model(e.architecture, e.seed) for e in group])
+    models = [build_model(e.architecture, e.seed) for e in group]
+    alone = len(models) == 1 and not is_stackable(models[0])
+    net = SingleNet(models[0]) if alone else StackedNet(models)
     kinds = [e.training["optimizer"] for e in group]
     optimizer = StackedOptimizer(
         net, kinds, lr=[e.training["lr"] for e in group],
@@ -212,7 +223,7 @@ def train_group(zoo: Zoo, group: list[ModelEntry], start: int, data: TrainingDat
         _record(zoo, group, epoch, net, optimizer, train_metrics, data, recorded, config.epochs)
 
 
-def _record(zoo: Zoo, group: list[ModelEntry], epoch: int, net: StackedNet,
+def _record(zoo: Zoo, group: list[ModelEntry], epoch: int, net: StackedNet | SingleNet,
             optimizer: StackedOptimizer, train: tuple[torch.Tensor, torch.Tensor],
             data: TrainingData, recorded: list[int], epochs: int) -> None:
     """Evaluate and write ``epoch`` for every model of the group that has not recorded it."""
@@ -256,13 +267,20 @@ def _start_epoch(zoo: Zoo, group: list[ModelEntry]) -> int:
 
 # -- zoo and environment -------------------------------------------------------------------
 
-def _check_trainable(arch: ArchConfig) -> None:
-    if not is_stackable(build_model(arch)):
-        raise ConfigError(
-            f"architecture {arch.name!r} cannot be trained by `sane zoo train` yet: population "
-            "training supports feed-forward stacks without batch norm (cnn_s, cnn_s_wide, "
-            "cnn_l, mlp, cnn1d)"
-        )
+def _check_batchnorm_batches(groups: list[list[ModelEntry]], images: int) -> None:
+    """Batch norm cannot train on a batch of one image: refuse a last batch of one."""
+    for group in groups:
+        batch_size = group[0].training["batch_size"]
+        if images % batch_size != 1:
+            continue
+        with torch.device("meta"):  # the layers only
+            modules = list(build_model(group[0].architecture).modules())
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in modules):
+            raise ConfigError(
+                f"{images} training images in batches of {batch_size} leave a last batch of "
+                f"one image, on which batch norm ({group[0].architecture.name}) cannot train; "
+                "change [dataset] train_size or the batch size"
+            )
 
 
 def _open_existing(out: Path, config: PopulationConfig, entries: list[ModelEntry]) -> Zoo | None:
