@@ -86,6 +86,24 @@ def checkpoints(zoo_dir: Path) -> dict[str, bytes]:
 
 # -- configs -------------------------------------------------------------------------------
 
+def crash_training(config: PopulationConfig, out: Path, monkeypatch, after: int) -> None:
+    """Train ``config`` into ``out`` and crash inside the ``after``-th ``Zoo.write_epoch``
+    call (after the resume state, before the checkpoint), as a killed run would."""
+    original = Zoo.write_epoch
+    calls = []
+
+    def crashing(self, *args, **kwargs):
+        calls.append(args[:2])
+        if len(calls) == after:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Zoo, "write_epoch", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train_population(config, out, progress=False)
+    monkeypatch.setattr(Zoo, "write_epoch", original)
+
+
 def test_presets_exist_validate_and_describe_themselves():
     required = {"digits-cnn-s", "fmnist-cnn-s-seed", "fmnist-cnn-s-hyp", "mnist-cnn-s-seed",
                 "mnist-cnn-s-hyp", "svhn-cnn-s-seed", "cifar10-cnn-l-seed", "mnist1d-cnn1d"}
@@ -359,19 +377,7 @@ def test_crash_while_writing_an_epoch_resumes_to_identical_checkpoints(tmp_path,
     first_group = plan_groups(enumerate_models(config), config.models_per_group)[0]
     # Epochs 0 and 1 of the first group written, then epoch 2 of one model: the next crashes.
     crash_at = 2 * len(first_group) + 2
-    original = Zoo.write_epoch
-    calls = []
-
-    def crashing(self, *args, **kwargs):
-        calls.append(args[:2])
-        if len(calls) == crash_at:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Zoo, "write_epoch", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        train_population(config, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(Zoo, "write_epoch", original)
+    crash_training(config, tmp_path / "resumed", monkeypatch, after=crash_at)
     partial = Zoo.open(tmp_path / "resumed")
     last = sorted(partial.last_epoch(e.id) for e in first_group)
     assert last == [1] * (len(first_group) - 1) + [2]  # killed halfway through the group
@@ -382,19 +388,8 @@ def test_crash_while_writing_an_epoch_resumes_to_identical_checkpoints(tmp_path,
 
 def test_an_error_in_a_worker_reaches_the_caller_as_the_same_error(tmp_path, monkeypatch):
     config = tiny_config(tmp_path)
-    original = Zoo.write_epoch
-    calls = []
-
-    def crashing(self, *args, **kwargs):
-        calls.append(args[:2])
-        if len(calls) == 7:  # after epoch 0 and part of epoch 1 of the first group
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Zoo, "write_epoch", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        train_population(config, tmp_path / "zoo", progress=False)
-    monkeypatch.setattr(Zoo, "write_epoch", original)
+    # Crash after epoch 0 and part of epoch 1 of the first group.
+    crash_training(config, tmp_path / "zoo", monkeypatch, after=7)
     for file in (tmp_path / "zoo").rglob("resume_*.safetensors"):
         file.write_bytes(b"corrupt")
     with pytest.raises(FormatError, match="unreadable resume state"):
@@ -626,19 +621,7 @@ def test_a_resnet_interrupted_while_writing_resumes_to_identical_checkpoints(
     config, whole = resnet_zoo
     # The first model alone (it trains alone in the population too): half the time.
     config = dataclasses.replace(config, models=1)
-    original = Zoo.write_epoch
-    calls = []
-
-    def crashing(self, *args, **kwargs):
-        calls.append(args[:2])
-        if len(calls) == 3:  # epoch 2, after its resume state
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Zoo, "write_epoch", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        train_population(config, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(Zoo, "write_epoch", original)
+    crash_training(config, tmp_path / "resumed", monkeypatch, after=3)  # in epoch 2
     partial = Zoo.open(tmp_path / "resumed")
     assert partial.last_epoch("m0000") == 1 and partial.resume_epochs("m0000") == [1, 2]
     train_population(config, tmp_path / "resumed", progress=False)
