@@ -582,7 +582,7 @@ def test_data_info_prints_sizes_balance_and_split(capsys):
     assert main(["data", "info", "digits", "--seed", "2"]) == 0
     out = capsys.readouterr().out
     assert "dataset digits: 10 classes, input shape [1, 8, 8]" in out
-    assert "split: 70/15/15 of all examples (seeded) (seed 2)" in out
+    assert "split (seed 2): 70/15/15 of all examples (seeded)" in out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines()
             if line.startswith("| ") and not line.startswith("| split")}
     counts = {}

@@ -22,7 +22,7 @@ def _info(args: argparse.Namespace) -> None:
     ds = load_dataset(args.name, args.root, size=args.size, seed=args.seed)
     print(f"dataset {ds.name}: {ds.num_classes} classes, input shape {list(ds.input_shape)}")
     print(f"source: {ds.source}")
-    print(f"split: {ds.split_note} (seed {ds.seed})")
+    print(f"split (seed {ds.seed}): {ds.split_note}")
     mean, std = [round(m, 4) for m in ds.mean], [round(s, 4) for s in ds.std]
     print(f"normalization: mean {mean}, std {std}")
     print()
