@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +30,9 @@ from typing import Any
 import numpy as np
 
 from sane.errors import ConfigError
+from sane.settings import coerce, read_toml, replace_checked
 from sane.zoo.architectures import ACTIVATIONS, ARCHITECTURES, INITS, ArchConfig
 from sane.zoo.storage import ModelEntry
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 OPTIMIZERS = ("adam", "sgd")
 MODES = ("grid", "random")
@@ -278,7 +273,7 @@ def load_config(source: str | Path, **overrides: Any) -> PopulationConfig:
     if str(source) in PRESETS and not path.is_file():
         base, table, where = PRESETS[str(source)].config, {}, f"preset {source!r}"
     elif path.is_file():
-        table, where = _read_toml(path), str(path)
+        table, where = read_toml(path), str(path)
         base = PopulationConfig()
         if "preset" in table:
             name = table.pop("preset")
@@ -304,13 +299,6 @@ def config_from_dict(d: Mapping[str, Any], where: str = "config") -> PopulationC
     return _merge(PopulationConfig(), d, where)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: not valid TOML ({error})") from error
-
-
 def _merge(base: PopulationConfig, table: Mapping[str, Any], where: str) -> PopulationConfig:
     """``base`` with the values of ``table`` (nested like the TOML file), checked."""
     if not isinstance(table, Mapping):
@@ -319,29 +307,18 @@ def _merge(base: PopulationConfig, table: Mapping[str, Any], where: str) -> Popu
     changes: dict[str, Any] = {}
     for key, value in table.items():
         if key in sections:
-            changes[key] = _replace(sections[key], value, f"{where}: [{key}]")
+            changes[key] = replace_checked(sections[key], value, _FIELD_TYPES[type(sections[key])],
+                                           f"{where}: [{key}]")
         elif key == "architecture":
             changes[key] = _architecture(base.architecture, value, where)
         elif key in _FIELD_TYPES[PopulationConfig]:
-            changes[key] = _coerce(value, _FIELD_TYPES[PopulationConfig][key], f"{where}: {key}")
+            changes[key] = coerce(value, _FIELD_TYPES[PopulationConfig][key], f"{where}: {key}")
         else:
             known = sorted([*_FIELD_TYPES[PopulationConfig], "architecture", *sections])
             raise ConfigError(f"{where}: unknown key {key!r}; known: {', '.join(known)}")
     config = dataclasses.replace(base, **changes)
     _validate(config, where)
     return config
-
-
-def _replace(obj: Any, table: Any, where: str) -> Any:
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{where}: expected a table of settings")
-    types = _FIELD_TYPES[type(obj)]
-    changes = {}
-    for key, value in table.items():
-        if key not in types:
-            raise ConfigError(f"{where}: unknown key {key!r}; known: {', '.join(sorted(types))}")
-        changes[key] = _coerce(value, types[key], f"{where} {key}")
-    return dataclasses.replace(obj, **changes)
 
 
 def _architecture(base: ArchConfig, table: Any, where: str) -> ArchConfig:
@@ -351,12 +328,10 @@ def _architecture(base: ArchConfig, table: Any, where: str) -> ArchConfig:
         if key in table:
             raise ConfigError(f"{where}: [architecture] {key}: set it in [space] as a list "
                               f"(it varies per model)")
-    return _replace(base, table, f"{where}: [architecture]")
+    return replace_checked(base, table, _FIELD_TYPES[ArchConfig], f"{where}: [architecture]")
 
 
-# The type each settable field accepts: a Python type, (T, ...) for a non-empty list of T,
-# (T, n) for a list of n values of T, ("optional", T) for T or None (None comes only from
-# overrides and stored manifests: TOML has no null).
+# The type each settable field accepts (see sane.settings).
 _FIELD_TYPES: dict[type, dict[str, Any]] = {
     DataConfig: {"name": str, "root": ("optional", str), "size": ("optional", int),
                  "grayscale": bool, "val_fraction": float, "seed": int,
@@ -371,37 +346,6 @@ _FIELD_TYPES: dict[type, dict[str, Any]] = {
                        "split": (float, 3), "split_seed": int, "workers": int,
                        "threads": int, "group_size": ("optional", int)},
 }
-
-
-def _coerce(value: Any, kind: Any, where: str) -> Any:
-    if isinstance(kind, tuple) and kind[0] == "optional":
-        return None if value is None else _coerce(value, kind[1], where)
-    if isinstance(kind, tuple):
-        item, length = kind
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if length is ... and not value:
-            raise ConfigError(f"{where}: expected a non-empty list")
-        if length is not ... and len(value) != length:
-            raise ConfigError(f"{where}: expected a list of {length} values, got {value!r}")
-        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-        return float(value)
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    return value
 
 
 def _validate(config: PopulationConfig, where: str) -> None:
