@@ -2,7 +2,7 @@
 
 A reader (or a resumed job after a crash) therefore sees either the old file or the complete
 new one, never a partial write. :func:`read_json` is the checked counterpart of
-:func:`write_json`.
+:func:`write_json`, :func:`read_manifest` also checks a manifest's format and version.
 """
 
 from __future__ import annotations
@@ -57,6 +57,23 @@ def read_json(path: str | Path) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise FormatError(f"{path}: not valid JSON ({error})") from error
+
+
+def read_manifest(path: str | Path, format: str, version: int) -> dict[str, Any]:
+    """The JSON object in ``path`` once its ``format`` and ``version`` fields say it is a
+    ``format`` file this sane reads; :class:`~sane.errors.FormatError` naming the file
+    otherwise."""
+    from sane.errors import FormatError
+
+    manifest = read_json(path)
+    if not isinstance(manifest, dict):
+        raise FormatError(f"{path}: expected a JSON object")
+    if manifest.get("format") != format:
+        raise FormatError(f"{path}: format is {manifest.get('format')!r}, expected {format!r}")
+    if manifest.get("version") != version:
+        raise FormatError(f"{path}: {format} version {manifest.get('version')!r} is not "
+                          f"supported (this sane reads version {version})")
+    return manifest
 
 
 def save_tensors(

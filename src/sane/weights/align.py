@@ -81,8 +81,8 @@ class Alignment:
         manifest_file, tensor_file = directory / MANIFEST, directory / TENSORS
         if not manifest_file.is_file():
             raise FormatError(f"{manifest_file}: alignment manifest not found")
-        manifest = atomic.read_json(manifest_file)
-        _check_manifest(manifest, manifest_file)
+        manifest = atomic.read_manifest(manifest_file, FORMAT, VERSION)
+        _check_keys(manifest, manifest_file)
         try:
             spec = PermutationSpec.from_dict(manifest["spec"])
             epochs = {str(m): int(e) for m, e in manifest["epochs"].items()}
@@ -194,12 +194,7 @@ def _finite(state_dict: Mapping[str, torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in state_dict.values() if t.is_floating_point())
 
 
-def _check_manifest(manifest: Any, file: Path) -> None:
-    if not isinstance(manifest, dict):
-        raise FormatError(f"{file}: expected a JSON object")
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise FormatError(f"{file}: expected format {FORMAT!r} version {VERSION}, got "
-                          f"{manifest.get('format')!r} version {manifest.get('version')!r}")
+def _check_keys(manifest: dict[str, Any], file: Path) -> None:
     for key in ("reference", "seed", "epochs", "spec"):
         if key not in manifest:
             raise FormatError(f"{file}: missing key {key!r}")

@@ -107,12 +107,7 @@ class TokenStore:
         if not file.is_file():
             raise FormatError(f"{path} is not a token store: {MANIFEST} not found "
                               "(run `sane prepare ZOO --out STORE`)")
-        meta = atomic.read_json(file)
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise FormatError(f"{file}: not a {FORMAT!r} manifest")
-        if meta.get("version") != VERSION:
-            raise FormatError(f"{file}: version {meta.get('version')!r} is not supported "
-                              f"(this sane reads version {VERSION})")
+        meta = atomic.read_manifest(file, FORMAT, VERSION)
         try:
             return cls(path, meta)
         except (KeyError, TypeError, ValueError) as error:

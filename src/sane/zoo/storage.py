@@ -126,7 +126,7 @@ class Zoo:
         file = path / MANIFEST
         if not file.is_file():
             raise FormatError(f"{path} is not a zoo: {MANIFEST} not found")
-        manifest = atomic.read_json(file)
+        manifest = atomic.read_manifest(file, FORMAT, VERSION)
         _validate_manifest(manifest, file)
         return cls(path, manifest)
 
@@ -283,14 +283,7 @@ def _finite_or_none(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _validate_manifest(manifest: Any, file: Path) -> None:
-    if not isinstance(manifest, dict):
-        raise FormatError(f"{file}: expected a JSON object")
-    if manifest.get("format") != FORMAT:
-        raise FormatError(f"{file}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
-    if manifest.get("version") != VERSION:
-        raise FormatError(f"{file}: version {manifest.get('version')!r} is not supported "
-                          f"(this sane reads version {VERSION})")
+def _validate_manifest(manifest: dict[str, Any], file: Path) -> None:
     for key in ("dataset", "models", "split"):
         if key not in manifest:
             raise FormatError(f"{file}: missing key {key!r}")
