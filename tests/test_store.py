@@ -205,3 +205,27 @@ def test_hyperparameter_zoo_with_mixed_dropout_shares_one_store(tmp_path):
     rebuilt = store.state_dict(row)
     for key, value in expected.items():
         torch.testing.assert_close(rebuilt[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_canonical_first_view_is_the_stored_window_and_the_others_are_permuted(store):
+    config = WindowConfig(window_size=48, batch_size=4, views=3, canonical_first=True)
+    batch = next(WindowSampler(store, "train", config, seed=2).epoch(0))
+    for j, row in enumerate(batch.rows.tolist()):
+        stored = torch.from_numpy(np.array(store.tokens[row]))
+        assert torch.equal(batch.tokens[0, j], stored)
+        assert not torch.equal(batch.tokens[1, j], stored)
+        assert not torch.equal(batch.tokens[1, j], batch.tokens[2, j])
+
+
+def test_windows_per_checkpoint_passes_over_every_checkpoint_that_often(store):
+    rows = len(store.split_rows("train"))
+    config = WindowConfig(window_size=8, batch_size=rows, windows_per_checkpoint=3,
+                          permute=False)
+    sampler = WindowSampler(store, "train", config, seed=0)
+    batches = list(sampler.epoch(0))
+    assert len(sampler) == len(batches) == 3
+    for batch in batches:  # each pass is one permutation of the split's checkpoints
+        assert sorted(batch.rows.tolist()) == store.split_rows("train").tolist()
+    assert len({tuple(b.rows.tolist()) for b in batches}) == 3
+    with pytest.raises(ConfigError, match="windows_per_checkpoint"):
+        WindowSampler(store, "train", WindowConfig(window_size=8, windows_per_checkpoint=0))

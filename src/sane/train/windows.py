@@ -40,17 +40,23 @@ class WindowConfig:
     """How windows are drawn and augmented.
 
     ``permute``: each view is the model under a fresh random permutation (needs a store whose
-    architecture has a permutation spec); ``multiplicative_noise``/``additive_noise``: standard
-    deviations on the standardized weights (SANE: multiplicative 0.1); ``drop_last``: skip a
-    last, smaller batch (contrastive losses want full batches).
+    architecture has a permutation spec); ``canonical_first``: view 0 keeps the stored
+    (aligned) order and only the other views are permuted (SANE's two views: the aligned model
+    and a permuted one); ``multiplicative_noise``/``additive_noise``: standard deviations on
+    the standardized weights (SANE: multiplicative 0.1), drawn for every view;
+    ``windows_per_checkpoint``: windows drawn from each checkpoint per epoch (each pass over
+    the checkpoints in a fresh random order; SANE draws enough to about cover every model);
+    ``drop_last``: skip a last, smaller batch (contrastive losses want full batches).
     """
 
     window_size: int = 64
     batch_size: int = 32
     views: int = 1
     permute: bool = True
+    canonical_first: bool = False
     multiplicative_noise: float = 0.0
     additive_noise: float = 0.0
+    windows_per_checkpoint: int = 1
     drop_last: bool = True
 
 
@@ -66,8 +72,8 @@ class WindowSampler:
         if not 1 <= config.window_size <= n:
             raise ConfigError(f"window_size must lie in [1, {n}] (tokens per model), "
                               f"got {config.window_size}")
-        if config.batch_size < 1 or config.views < 1:
-            raise ConfigError("batch_size and views must be positive")
+        if config.batch_size < 1 or config.views < 1 or config.windows_per_checkpoint < 1:
+            raise ConfigError("batch_size, views and windows_per_checkpoint must be positive")
         if config.permute and store.spec is None:
             raise ConfigError(f"{store.path}: the architecture has no permutation spec; "
                               "draw windows with permute=False")
@@ -80,13 +86,18 @@ class WindowSampler:
 
     def __len__(self) -> int:
         """Batches per epoch."""
-        full, rest = divmod(len(self.rows), self.config.batch_size)
+        windows = len(self.rows) * self.config.windows_per_checkpoint
+        full, rest = divmod(windows, self.config.batch_size)
         return full + (rest > 0 and not self.config.drop_last)
 
     def epoch(self, epoch: int) -> Iterator[WindowBatch]:
-        """The batches of one pass over the split's checkpoints, in a seeded random order."""
+        """The batches of ``windows_per_checkpoint`` passes over the split's checkpoints, each
+        in a seeded random order."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = self.rows[torch.randperm(len(self.rows), generator=generator).numpy()]
+        order = np.concatenate([
+            self.rows[torch.randperm(len(self.rows), generator=generator).numpy()]
+            for _ in range(self.config.windows_per_checkpoint)
+        ])
         b = self.config.batch_size
         for i in range(len(self)):
             yield self.batch(order[i * b : (i + 1) * b], generator)
@@ -100,7 +111,7 @@ class WindowSampler:
         windows = [slice(start, start + c.window_size) for start in starts.tolist()]
         for j, (row, window) in enumerate(zip(rows.tolist(), windows)):
             for v in range(c.views):
-                if self.permuter is not None:
+                if self.permuter is not None and not (v == 0 and c.canonical_first):
                     perms = random_permutation(self.store.spec, generator)
                     source = self.permuter.source(perms, window.start, c.window_size)
                     gather_window(self._flat[row], source, out=views[v, j])
