@@ -5,3 +5,12 @@ writes files on disk so that the ``sane`` command can resume from any of them.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``sane.SANE`` without importing torch for ``import sane`` (the CLI stays fast)."""
+    if name == "SANE":
+        from sane.model import SANE
+
+        return SANE
+    raise AttributeError(f"module 'sane' has no attribute {name!r}")

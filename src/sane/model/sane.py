@@ -1,0 +1,249 @@
+"""The SANE autoencoder: windows of weight tokens to per-token latents and back.
+
+::
+
+    tokens [B, W, d_t] --Linear--> + pos(n, l, k) --> encoder blocks --Linear--> z [B, W, d_z]
+    z [B, W, d_z]      --Linear--> + pos(n, l, k) --> decoder blocks --Linear--> tokens [B, W, d_t]
+    z [B, W, d_z] --flatten--> projection head --> [B, d_p]     (contrastive loss only)
+
+The bottleneck is linear (SANE §2); encoder and decoder share the position embedding. The
+projection head sees a whole training window flattened, so it takes windows of exactly
+``window_size`` tokens; encoding and decoding take windows of any length up to the position
+tables' range. A trained model is saved as ``sane.json`` (config) + ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sane import atomic
+from sane.errors import ConfigError, FormatError
+from sane.model.transformer import Block, PositionEmbedding
+
+FORMAT = "sane-model"
+VERSION = 1
+CONFIG_FILE = "sane.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class SANEConfig:
+    """The autoencoder's shape.
+
+    ``token_size`` ``d_t`` values per token; ``max_positions`` the exclusive bounds of the
+    ``(n, l, k)`` positions it can embed; ``d_model`` the transformer width, ``n_heads``
+    attention heads, ``n_layers`` blocks in the encoder and as many in the decoder;
+    ``d_latent`` ``d_z`` the per-token latent size; ``window_size`` the tokens per training
+    window (the projection head's input length); ``projection_dim`` the projection head's
+    output size; ``dropout`` inside the blocks.
+    """
+
+    token_size: int
+    max_positions: tuple[int, int, int]
+    d_model: int = 64
+    n_heads: int = 4
+    n_layers: int = 2
+    d_latent: int = 16
+    window_size: int = 16
+    projection_dim: int = 30
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key in ("token_size", "d_model", "n_heads", "n_layers", "d_latent", "window_size",
+                    "projection_dim"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"model {key} must be a positive integer, got {value!r}")
+        if len(self.max_positions) != 3 or any(
+            isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.max_positions
+        ):
+            raise ConfigError("model max_positions must be three positive integers (n, l, k), "
+                              f"got {self.max_positions!r}")
+        if self.d_model % self.n_heads or self.d_model % 2:
+            raise ConfigError(f"model d_model ({self.d_model}) must be even and divisible by "
+                              f"n_heads ({self.n_heads})")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"model dropout must lie in [0, 1), got {self.dropout!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["max_positions"] = list(self.max_positions)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "model config") -> SANEConfig:
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}: expected a table of settings")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+        try:
+            return cls(**{**d, "max_positions": tuple(d.get("max_positions", ()))})
+        except TypeError as error:
+            raise ConfigError(f"{where}: {error}") from error
+
+
+# Shapes by name; token_size and max_positions come from the data. "cnn" and "resnet" are
+# the published configurations for the CNN and ResNet-18 zoos (d_model 1024 / 2048, 8 + 8
+# blocks, 128 latent dimensions, windows of 64 / 256 tokens); "tiny" trains in seconds on
+# a CPU, for tests and the demo.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"d_model": 64, "n_heads": 4, "n_layers": 2, "d_latent": 16, "window_size": 16},
+    "small": {"d_model": 256, "n_heads": 8, "n_layers": 4, "d_latent": 32, "window_size": 32},
+    "cnn": {"d_model": 1024, "n_heads": 8, "n_layers": 8, "d_latent": 128, "window_size": 64},
+    "resnet": {"d_model": 2048, "n_heads": 16, "n_layers": 8, "d_latent": 128,
+               "window_size": 256},
+}
+
+
+class ProjectionHead(nn.Module):
+    """``z [B, W, d_z]`` flattened to ``[B, W·d_z]`` -> two bias-free Linear + LayerNorm +
+    ReLU layers -> ``[B, d_p]`` (the contrastive loss compares these)."""
+
+    def __init__(self, window_size: int, d_latent: int, projection_dim: int) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.layers = nn.Sequential(
+            nn.Linear(window_size * d_latent, projection_dim, bias=False),
+            nn.LayerNorm(projection_dim), nn.ReLU(),
+            nn.Linear(projection_dim, projection_dim, bias=False),
+            nn.LayerNorm(projection_dim), nn.ReLU(),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.ndim != 3 or z.shape[1] != self.window_size:
+            raise FormatError(f"the projection head takes windows of {self.window_size} tokens "
+                              f"[B, {self.window_size}, d_z], got {list(z.shape)}")
+        return self.layers(z.flatten(1))
+
+
+class SANE(nn.Module):
+    """Sequential autoencoder for neural embeddings (Schürholt, Mahoney & Borth, 2024)."""
+
+    def __init__(self, config: SANEConfig, *, seed: int = 0) -> None:
+        super().__init__()
+        # torch's layers draw their default initialization from the global RNG: fork it so
+        # that building a model leaves it alone, then initialize from a private generator.
+        with torch.random.fork_rng(devices=[]):
+            c = self.config = config
+            self.embed = nn.Linear(c.token_size, c.d_model)
+            self.positions = PositionEmbedding(c.max_positions, c.d_model)
+            self.encoder = nn.ModuleList(Block(c.d_model, c.n_heads, c.dropout)
+                                         for _ in range(c.n_layers))
+            self.to_latent = nn.Linear(c.d_model, c.d_latent)
+            self.from_latent = nn.Linear(c.d_latent, c.d_model)
+            self.decoder = nn.ModuleList(Block(c.d_model, c.n_heads, c.dropout)
+                                         for _ in range(c.n_layers))
+            self.to_tokens = nn.Linear(c.d_model, c.token_size)
+            self.head = ProjectionHead(c.window_size, c.d_latent, c.projection_dim)
+            self.dropout = nn.Dropout(c.dropout)
+        self._initialize(torch.Generator().manual_seed(seed))
+
+    def _initialize(self, generator: torch.Generator) -> None:
+        """GPT-2 initialization from a private generator (the global RNG is untouched):
+        weights N(0, 0.02), biases 0, residual output projections N(0, 0.02/sqrt(2·layers))."""
+        residual_std = 0.02 / (2 * self.config.n_layers) ** 0.5
+        for name, p in self.named_parameters():
+            if p.ndim < 2:
+                continue  # LayerNorm weights keep 1, biases are zeroed below
+            std = residual_std if name.endswith("proj.weight") else 0.02
+            nn.init.normal_(p, 0.0, std, generator=generator)
+        for m in self.modules():
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def _check(self, x: torch.Tensor, positions: torch.Tensor, width: int, what: str) -> None:
+        if x.ndim != 3 or x.shape[-1] != width:
+            raise FormatError(f"{what} must be [B, W, {width}], got {list(x.shape)}")
+        if positions.shape[:2] != x.shape[:2]:
+            raise FormatError(f"positions {list(positions.shape)} do not match {what} "
+                              f"{list(x.shape)}")
+
+    def encode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``tokens [B, W, d_t]``, ``positions [B, W, 3]`` -> latents ``z [B, W, d_z]``."""
+        self._check(tokens, positions, self.config.token_size, "tokens")
+        x = self.dropout(self.embed(tokens) + self.positions(positions))
+        for block in self.encoder:
+            x = block(x)
+        return self.to_latent(x)
+
+    def decode(self, z: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``z [B, W, d_z]``, ``positions [B, W, 3]`` -> tokens ``[B, W, d_t]``."""
+        self._check(z, positions, self.config.d_latent, "latents")
+        x = self.dropout(self.from_latent(z) + self.positions(positions))
+        for block in self.decoder:
+            x = block(x)
+        return self.to_tokens(x)
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """``z [B, window_size, d_z]`` -> ``[B, projection_dim]``."""
+        return self.head(z)
+
+    def forward(
+        self, tokens: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(z, reconstruction, projection)`` of a batch of training windows."""
+        z = self.encode(tokens, positions)
+        return z, self.decode(z, positions), self.project(z)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write ``path/sane.json`` and ``path/model.safetensors`` (atomically, weights
+        first, so a complete config always names complete weights)."""
+        path = Path(path)
+        atomic.save_tensors(path / WEIGHTS_FILE, self.state_dict())
+        atomic.write_json(path / CONFIG_FILE, {"format": FORMAT, "version": VERSION,
+                                                "config": self.config.to_dict()})
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu") -> SANE:
+        """The model saved in ``path`` (a directory written by :meth:`save_pretrained` or by
+        ``sane pretrain``), in eval mode."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+        if not config_file.is_file():
+            raise FormatError(f"{path} holds no SANE model: {CONFIG_FILE} not found "
+                              "(train one with `sane pretrain STORE --out DIR`)")
+        meta = atomic.read_manifest(config_file, FORMAT, VERSION)
+        model = cls(SANEConfig.from_dict(meta.get("config"), str(config_file)))
+        try:
+            state = load_file(str(weights_file))
+        except (OSError, SafetensorError) as error:
+            raise FormatError(f"{weights_file}: unreadable ({error})") from error
+        load_checked(model, state, str(weights_file))
+        return model.to(device).eval()
+
+
+def load_checked(module: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load ``state`` into ``module`` after checking keys, shapes, dtypes and finiteness."""
+    expected = module.state_dict()
+    if set(state) != set(expected):
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        raise FormatError(f"{where}: keys do not match the model (missing {missing[:3]}, "
+                          f"unexpected {extra[:3]})")
+    for key, t in state.items():
+        if t.shape != expected[key].shape or t.dtype != expected[key].dtype:
+            raise FormatError(f"{where}: {key} is {t.dtype} {list(t.shape)}, expected "
+                              f"{expected[key].dtype} {list(expected[key].shape)}")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise FormatError(f"{where}: {key} holds NaN or infinite values")
+    module.load_state_dict(state)
+
+
+def describe(model: SANE) -> str:
+    """One line: the shape and parameter count of ``model``."""
+    config, n = model.config, sum(p.numel() for p in model.parameters())
+    return (f"SANE d_model {config.d_model}, {config.n_heads} heads, {config.n_layers}+"
+            f"{config.n_layers} blocks, d_z {config.d_latent}, windows of {config.window_size} "
+            f"tokens of {config.token_size}: {n:,} parameters; "
+            f"positions {json.dumps(list(config.max_positions))}")
