@@ -2,6 +2,7 @@
 
 import pytest
 
+from sane import SANE
 from sane.cli import main
 
 
@@ -11,9 +12,11 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     report = (tmp_path / "report.md").read_text()
     assert "48 checkpoints × 48 tokens × 201 values" in report  # 8 models × epochs 0..5
     assert (tmp_path / "zoo" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    checkpoint = tmp_path / "zoo" / "models" / "m0000" / "epoch_005.safetensors"
-    tokens = tmp_path / "store" / "tokens.npy"
-    stamps = checkpoint.stat().st_mtime_ns, tokens.stat().st_mtime_ns
+    assert "30 epochs: validation reconstruction loss" in report
+    assert SANE.from_pretrained(tmp_path / "sane").config.token_size == 201
+    files = [tmp_path / "zoo" / "models" / "m0000" / "epoch_005.safetensors",
+             tmp_path / "store" / "tokens.npy", tmp_path / "sane" / "training.safetensors"]
+    stamps = [f.stat().st_mtime_ns for f in files]
     capsys.readouterr()
     assert main(["demo", "--out", str(tmp_path)]) == 0  # a rerun reuses what is on disk
-    assert (checkpoint.stat().st_mtime_ns, tokens.stat().st_mtime_ns) == stamps
+    assert [f.stat().st_mtime_ns for f in files] == stamps

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "sane.commands.data",
     "sane.commands.zoo",
     "sane.commands.prepare",
+    "sane.commands.pretrain",
     "sane.commands.demo",
 )
 

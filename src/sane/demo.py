@@ -6,7 +6,8 @@ Stages (each resumable: a rerun reuses what is on disk):
 2. summarize it (Markdown table, accuracy plot ``OUT/zoo/accuracy.png``);
 3. prepare an aligned token store in ``OUT/store`` (weight matching to one reference model,
    per-tensor standardization fitted on the training split);
-4. draw augmented training windows from the store.
+4. draw augmented training windows from the store;
+5. pretrain a tiny SANE autoencoder on the store into ``OUT/sane`` (a rerun resumes).
 
 ``OUT/report.md`` collects what each stage produced.
 """
@@ -17,27 +18,36 @@ from pathlib import Path
 
 from sane import atomic
 
+# Seconds on a laptop CPU: the "tiny" shape, batches of 8 windows.
+DEMO_EPOCHS = 30
+
 
 def run_demo(out: str | Path, *, progress: bool = True) -> Path:
     """Run the demo into ``out``; returns the path of the report."""
-    from sane.train import WindowConfig, WindowSampler
+    from sane.model import describe
+    from sane.train import PretrainConfig, WindowConfig, WindowSampler, pretrain
     from sane.weights.store import StoreSettings, prepare_store
     from sane.zoo import load_config, train_population
     from sane.zoo.summary import plot_accuracy, summary_table
 
     out = Path(out)
-    print("1/4 training the digits-cnn-s population")
+    print("1/5 training the digits-cnn-s population")
     zoo = train_population(load_config("digits-cnn-s"), out / "zoo", progress=progress)
-    print("2/4 summarizing the zoo")
+    print("2/5 summarizing the zoo")
     table = summary_table(zoo)
     plot_accuracy(zoo, zoo.path / "accuracy.png")
     print(table)
-    print("3/4 tokenizing and aligning every checkpoint into a token store")
+    print("3/5 tokenizing and aligning every checkpoint into a token store")
     store = prepare_store(zoo.path, out / "store", StoreSettings(align=True), progress=progress)
     m = store.manifest
-    print("4/4 drawing augmented training windows")
+    print("4/5 drawing augmented training windows")
     config = WindowConfig(window_size=16, batch_size=8, views=2, multiplicative_noise=0.1)
     batch = next(WindowSampler(store, "train", config, seed=0).epoch(0))
+    print("5/5 pretraining a tiny SANE autoencoder on the token store")
+    sane = pretrain(store.path, out / "sane", PretrainConfig(epochs=DEMO_EPOCHS, batch_size=8),
+                    progress=progress)
+    history = atomic.read_json(out / "sane" / "history.json")
+    first, last = history[0], history[-1]
     report = "\n".join([
         "# sane demo", "", table, "", "![test accuracy](zoo/accuracy.png)", "",
         "## Token store", "",
@@ -48,6 +58,11 @@ def run_demo(out: str | Path, *, progress: bool = True) -> Path:
                                       for s in ("train", "val", "test")),
         f"- a training batch: tokens {list(batch.tokens.shape)} (views, batch, window, "
         f"token size), positions {list(batch.positions.shape)}", "",
+        "## SANE pretraining", "",
+        f"- {describe(sane)}",
+        f"- {len(history)} epochs: validation reconstruction loss {first['val_reconstruction']:.4f}"
+        f" → {last['val_reconstruction']:.4f}, R² {first['val_r2']:.3f} → {last['val_r2']:.3f}",
+        "- per-epoch figures: [sane/report.md](sane/report.md), ![loss](sane/loss.png)", "",
     ])
     atomic.write_text(out / "report.md", report)
     print(f"report: {out / 'report.md'}")

@@ -1,0 +1,38 @@
+"""``sane pretrain``: train a SANE autoencoder on a token store."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    pretrain = subparsers.add_parser(
+        "pretrain", help="pretrain a SANE autoencoder on a token store",
+        description="Pretrain SANE on the training split of a token store (masked "
+        "reconstruction + NT-Xent of an aligned and a permuted view), validating on the "
+        "validation split after every epoch. Rerunning the same command resumes an "
+        "interrupted run from its last finished epoch.",
+    )
+    pretrain.add_argument("store", type=Path, help="token store (from `sane prepare`)")
+    pretrain.add_argument("--out", required=True, type=Path, help="run directory")
+    pretrain.add_argument("--config", type=Path,
+                          help="TOML file: top-level pretraining keys, a [model] table")
+    pretrain.add_argument("--preset", help="model shape: tiny (default), small, cnn, resnet")
+    pretrain.add_argument("--epochs", type=int, help="epochs (default 50)")
+    pretrain.add_argument("--batch-size", type=int, help="windows per step (default 32)")
+    pretrain.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    pretrain.add_argument("--seed", type=int, help="seed of initialization and windows")
+    pretrain.add_argument("--device", help="torch device, e.g. cpu (default) or cuda")
+    pretrain.set_defaults(handler=_pretrain)
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from sane.train.pretraining import load_pretrain_config, pretrain
+
+    config = load_pretrain_config(args.config, preset=args.preset, epochs=args.epochs,
+                                  batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                  device=args.device)
+    pretrain(args.store, args.out, config)
+    print((args.out / "report.md").read_text().rstrip().splitlines()[-1])
+    print(f"model: {args.out} (sane.SANE.from_pretrained), report: {args.out / 'report.md'}")

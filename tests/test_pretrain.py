@@ -1,0 +1,172 @@
+"""Pretraining SANE on a token store: learning, run files, determinism, exact resume, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sane import SANE
+from sane.cli import main
+from sane.errors import ConfigError, FormatError
+from sane.train import PretrainConfig, WindowSampler, load_pretrain_config, pretrain
+from sane.weights.store import StoreSettings, prepare_store
+from sane.zoo import ArchConfig, ModelEntry, Zoo, build_model
+
+ARCH = ArchConfig(name="cnn_s")
+FAST = PretrainConfig(epochs=3, batch_size=8, model={"d_model": 32, "n_layers": 1})
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """An aligned store of 12 random CNN-s × 3 epochs (48 tokens of 201 per checkpoint)."""
+    zoo = Zoo.create(tmp_path_factory.mktemp("zoo"),
+                     [ModelEntry(f"m{i:03d}", i, ARCH) for i in range(12)],
+                     dataset={"name": "digits"})
+    for i, entry in enumerate(zoo.models):
+        for e in range(3):
+            zoo.write_epoch(entry.id, e, build_model(ARCH, seed=100 * i + e).state_dict(),
+                            {"test_acc": 0.1 * e})
+    return prepare_store(zoo.path, tmp_path_factory.mktemp("store"), StoreSettings(align=True),
+                         progress=False)
+
+
+@pytest.fixture(scope="module")
+def run(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return out, pretrain(store.path, out, FAST, progress=False)
+
+
+def weights(out):
+    """Model and optimizer state of a run's last finished epoch."""
+    return load_file(str(out / "training.safetensors"))
+
+
+def history(out):
+    return json.loads((out / "history.json").read_text())
+
+
+def assert_same_tensors(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_pretraining_learns_and_leaves_a_loadable_model(run):
+    out, model = run
+    epochs = history(out)
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    assert epochs[-1]["train_reconstruction"] < epochs[0]["train_reconstruction"]
+    assert epochs[-1]["val_reconstruction"] < epochs[0]["val_reconstruction"]
+    assert epochs[-1]["val_r2"] > epochs[0]["val_r2"]
+    loaded = SANE.from_pretrained(out)
+    assert loaded.config == model.config and loaded.config.token_size == 201
+    assert loaded.config.max_positions == (48, 5, 20)  # the store's (n, l, k) extent
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert "| epoch | train_loss |" in (out / "report.md").read_text()
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_same_seed_gives_the_same_weights_and_a_rerun_changes_nothing(store, run, tmp_path):
+    out, _ = run
+    again = tmp_path / "again"
+    pretrain(store.path, again, FAST, progress=False)
+    assert_same_tensors(weights(again), weights(out))
+    stamp = (again / "training.safetensors").stat().st_mtime_ns
+    pretrain(store.path, again, FAST, progress=False)  # finished: nothing to do
+    assert (again / "training.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_a_run_interrupted_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(
+    store, run, tmp_path, monkeypatch
+):
+    out, _ = run
+    original = WindowSampler.epoch
+
+    def crash_in_epoch_2(self, epoch):
+        for step, batch in enumerate(original(self, epoch)):
+            if epoch == 2 and step == 3 and self.rows[0] == store.split_rows("train")[0]:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(WindowSampler, "epoch", crash_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(store.path, tmp_path / "crashed", FAST, progress=False)
+    assert [r["epoch"] for r in history(tmp_path / "crashed")] == [1]
+    monkeypatch.setattr(WindowSampler, "epoch", original)
+    pretrain(store.path, tmp_path / "crashed", FAST, progress=False)
+    assert_same_tensors(weights(tmp_path / "crashed"), weights(out))  # bit for bit
+    assert history(tmp_path / "crashed")[-1]["val_loss"] == history(out)[-1]["val_loss"]
+
+
+def test_another_config_or_a_foreign_directory_is_refused(store, run, tmp_path):
+    out, _ = run
+    with pytest.raises(ConfigError, match="another store or config"):
+        pretrain(store.path, out, PretrainConfig(epochs=4, batch_size=8,
+                                                 model=FAST.model), progress=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="is not a pretraining run"):
+        pretrain(store.path, tmp_path / "other", FAST, progress=False)
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    (PretrainConfig(batch_size=512), "make no full batch of 512"),
+    (PretrainConfig(model={"window_size": 64}), "window_size 64 exceeds the 48 tokens"),
+    (PretrainConfig(model={"token_size": 100}), "token_size 100 differs"),
+    (PretrainConfig(model={"max_positions": [48, 5, 4]}), "do not cover"),
+    (PretrainConfig(model={"depth": 3}), "unknown key"),
+    (PretrainConfig(device="gpu"), "'gpu' is not a torch device"),
+])
+def test_configs_that_do_not_fit_the_store_are_refused_before_anything_is_written(
+    store, tmp_path, config, message
+):
+    with pytest.raises(ConfigError, match=message):
+        pretrain(store.path, tmp_path / "run", config, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_file_and_overrides(tmp_path):
+    file = tmp_path / "pretrain.toml"
+    file.write_text('preset = "small"\nepochs = 7\n[model]\nd_latent = 8\n')
+    config = load_pretrain_config(file, epochs=2, lr=None)
+    assert (config.preset, config.epochs, dict(config.model)) == ("small", 2, {"d_latent": 8})
+    file.write_text("epoch = 7\n")
+    with pytest.raises(ConfigError, match="unknown key 'epoch'"):
+        load_pretrain_config(file)
+    file.write_text('gamma = "high"\n')
+    with pytest.raises(ConfigError, match="gamma: expected a number"):
+        load_pretrain_config(file)
+    with pytest.raises(ConfigError, match="gamma must be in"):
+        load_pretrain_config(gamma=1.5)
+    with pytest.raises(ConfigError, match="preset must be one of"):
+        load_pretrain_config(preset="huge")
+
+
+def test_cli_pretrain(store, tmp_path, capsys):
+    args = ["pretrain", str(store.path), "--out", str(tmp_path / "r"), "--epochs", "1",
+            "--batch-size", "8"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "parameters" in out and "sane.SANE.from_pretrained" in out
+    assert main(["pretrain", str(tmp_path), "--out", str(tmp_path / "s")]) == 2
+    assert "is not a token store" in capsys.readouterr().err
+
+
+def test_a_diverging_run_stops_with_the_epoch_and_step_and_saves_nothing(store, tmp_path,
+                                                                         monkeypatch):
+    import sane.train.pretraining as module
+
+    original = module.sane_loss
+
+    def nan_loss(*args, **kwargs):
+        losses = original(*args, **kwargs)
+        return {**losses, "loss": losses["loss"] * float("nan")}
+
+    monkeypatch.setattr(module, "sane_loss", nan_loss)
+    with pytest.raises(FormatError, match="diverged: the loss is nan at epoch 1, step 1"):
+        pretrain(store.path, tmp_path / "run", FAST, progress=False)
+    assert not (tmp_path / "run" / "training.safetensors").exists()
