@@ -9,7 +9,10 @@
 The bottleneck is linear (SANE §2); encoder and decoder share the position embedding. The
 projection head sees a whole training window flattened, so it takes windows of exactly
 ``window_size`` tokens; encoding and decoding take windows of any length up to the position
-tables' range. A trained model is saved as ``sane.json`` (config) + ``model.safetensors``.
+tables' range; :meth:`SANE.encode_sequence`, :meth:`SANE.decode_sequence` and
+:meth:`SANE.embed` take whole models of any length through haloed windows
+(:mod:`sane.model.halo`). A trained model is saved as ``sane.json`` (config) +
+``model.safetensors``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torch import nn
 
 from sane import atomic
 from sane.errors import ConfigError, FormatError
+from sane.model.halo import haloed
 from sane.model.transformer import Block, PositionEmbedding
 
 FORMAT = "sane-model"
@@ -134,7 +138,7 @@ class SANE(nn.Module):
         # that building a model leaves it alone, then initialize from a private generator.
         with torch.random.fork_rng(devices=[]):
             c = self.config = config
-            self.embed = nn.Linear(c.token_size, c.d_model)
+            self.token_embedding = nn.Linear(c.token_size, c.d_model)
             self.positions = PositionEmbedding(c.max_positions, c.d_model)
             self.encoder = nn.ModuleList(Block(c.d_model, c.n_heads, c.dropout)
                                          for _ in range(c.n_layers))
@@ -170,7 +174,7 @@ class SANE(nn.Module):
     def encode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """``tokens [B, W, d_t]``, ``positions [B, W, 3]`` -> latents ``z [B, W, d_z]``."""
         self._check(tokens, positions, self.config.token_size, "tokens")
-        x = self.dropout(self.embed(tokens) + self.positions(positions))
+        x = self.dropout(self.token_embedding(tokens) + self.positions(positions))
         for block in self.encoder:
             x = block(x)
         return self.to_latent(x)
@@ -193,6 +197,45 @@ class SANE(nn.Module):
         """``(z, reconstruction, projection)`` of a batch of training windows."""
         z = self.encode(tokens, positions)
         return z, self.decode(z, positions), self.project(z)
+
+    def halo_defaults(self) -> tuple[int, int]:
+        """``(window, halo)`` for whole sequences: spans as long as a training window, a
+        quarter of it as context on each side (SANE's ResNet setting: 128 + 2·64 = 256)."""
+        halo = self.config.window_size // 4
+        return self.config.window_size - 2 * halo, halo
+
+    def encode_sequence(
+        self, tokens: torch.Tensor, positions: torch.Tensor, *, window: int | None = None,
+        halo: int | None = None, batch_size: int = 64,
+    ) -> torch.Tensor:
+        """Whole models ``tokens [B, N, d_t]`` with their ``positions [N, 3]`` -> latents
+        ``[B, N, d_z]``, through haloed windows (defaults: :meth:`halo_defaults`)."""
+        window, halo = self._halo(window, halo)
+        return haloed(self.encode, tokens, positions, window=window, halo=halo,
+                      batch_size=batch_size)
+
+    def decode_sequence(
+        self, z: torch.Tensor, positions: torch.Tensor, *, window: int | None = None,
+        halo: int | None = None, batch_size: int = 64,
+    ) -> torch.Tensor:
+        """Latents of whole models ``z [B, N, d_z]`` -> tokens ``[B, N, d_t]``, haloed."""
+        window, halo = self._halo(window, halo)
+        return haloed(self.decode, z, positions, window=window, halo=halo,
+                      batch_size=batch_size)
+
+    def embed(
+        self, tokens: torch.Tensor, positions: torch.Tensor, *, window: int | None = None,
+        halo: int | None = None, batch_size: int = 64,
+    ) -> torch.Tensor:
+        """One vector per model: the mean of its per-token latents (SANE's "center of
+        gravity"), ``tokens [B, N, d_t]`` -> ``[B, d_z]``."""
+        return self.encode_sequence(tokens, positions, window=window, halo=halo,
+                                    batch_size=batch_size).mean(dim=1)
+
+    def _halo(self, window: int | None, halo: int | None) -> tuple[int, int]:
+        default_window, default_halo = self.halo_defaults()
+        return (default_window if window is None else window,
+                default_halo if halo is None else halo)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write ``path/sane.json`` and ``path/model.safetensors`` (atomically, weights
