@@ -76,6 +76,17 @@ def read_manifest(path: str | Path, format: str, version: int) -> dict[str, Any]
     return manifest
 
 
+def save_array(path: str | Path, array: Any) -> None:
+    """Atomically save a numpy array as ``.npy`` (no pickled objects)."""
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a path
+            np.save(f, array, allow_pickle=False)
+
+    atomic_write(path, write)
+
+
 def save_tensors(
     path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
 ) -> None:

@@ -184,9 +184,9 @@ def prepare_store(
         keys=manifest.tokenized_keys(),
     )
     _write_tokens(out, rows, manifest, lambda m, e: standardization.apply(load(m, e)), progress)
-    _write_array(out / "mask.npy", manifest.mask().numpy())
-    _write_array(out / "positions.npy", manifest.positions().numpy())
-    _write_array(out / "properties.npy", _properties(zoo, rows))
+    atomic.save_array(out / "mask.npy", manifest.mask().numpy())
+    atomic.save_array(out / "positions.npy", manifest.positions().numpy())
+    atomic.save_array(out / "properties.npy", _properties(zoo, rows))
     atomic.write_json(out / MANIFEST, {
         "format": FORMAT, "version": VERSION, "zoo": str(zoo.path.resolve()),
         "architecture": layout.arch.to_dict(), "settings": settings.to_dict(),
@@ -270,14 +270,6 @@ def _write_tokens(
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, out / "tokens.npy")
-
-
-def _write_array(path: Path, array: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a path
-            np.save(f, array, allow_pickle=False)
-
-    atomic.atomic_write(path, write)
 
 
 def _properties(zoo: Zoo, rows: Iterable[tuple[str, int, str]]) -> np.ndarray:
