@@ -12,25 +12,13 @@ from sane import SANE
 from sane.cli import main
 from sane.errors import ConfigError, FormatError
 from sane.train import PretrainConfig, WindowSampler, load_pretrain_config, pretrain
-from sane.weights.store import StoreSettings, prepare_store
-from sane.zoo import ArchConfig, ModelEntry, Zoo, build_model
 
-ARCH = ArchConfig(name="cnn_s")
 FAST = PretrainConfig(epochs=3, batch_size=8, model={"d_model": 32, "n_layers": 1})
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """An aligned store of 12 random CNN-s × 3 epochs (48 tokens of 201 per checkpoint)."""
-    zoo = Zoo.create(tmp_path_factory.mktemp("zoo"),
-                     [ModelEntry(f"m{i:03d}", i, ARCH) for i in range(12)],
-                     dataset={"name": "digits"})
-    for i, entry in enumerate(zoo.models):
-        for e in range(3):
-            zoo.write_epoch(entry.id, e, build_model(ARCH, seed=100 * i + e).state_dict(),
-                            {"test_acc": 0.1 * e})
-    return prepare_store(zoo.path, tmp_path_factory.mktemp("store"), StoreSettings(align=True),
-                         progress=False)
+def store(random_store):
+    return random_store
 
 
 @pytest.fixture(scope="module")

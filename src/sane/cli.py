@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "sane.commands.zoo",
     "sane.commands.prepare",
     "sane.commands.pretrain",
+    "sane.commands.probe",
     "sane.commands.demo",
 )
 

@@ -1,0 +1,69 @@
+"""Features of every checkpoint of a token store: SANE embeddings and the ``W`` / ``s(W)``
+baselines.
+
+The baselines read the store's checkpoints rebuilt from their tokens (de-standardized, in the
+aligned frame when the store is aligned), so all feature sets see the same models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sane.errors import ConfigError
+from sane.model import SANE
+from sane.weights.baselines import BASELINES
+from sane.weights.store import TokenStore
+
+# W holds every weight of every checkpoint in float64: refuse what would not fit comfortably.
+MAX_BASELINE_BYTES = 4 * 2**30
+
+
+def sane_embeddings(
+    model: SANE, store: TokenStore, *, batch_size: int = 32, progress: bool = True,
+    window: int | None = None, halo: int | None = None,
+) -> np.ndarray:
+    """``[M, d_z]`` float64: the haloed mean latent of every checkpoint of ``store``."""
+    device = next(model.parameters()).device
+    positions = store.positions.to(device)
+    out = np.empty((len(store.rows), model.config.d_latent))
+    model.eval()
+    with torch.no_grad():
+        for start in tqdm(range(0, len(store.rows), batch_size), desc="embedding",
+                          unit="batch", disable=not progress):
+            tokens = torch.tensor(store.tokens[start : start + batch_size], device=device)
+            z = model.embed(tokens, positions, window=window, halo=halo)
+            out[start : start + len(tokens)] = z.double().cpu().numpy()
+    return out
+
+
+def baseline_features(store: TokenStore, name: str) -> np.ndarray:
+    """``[M, F]``: the baseline ``name`` (a key of :data:`sane.weights.BASELINES`) of every
+    checkpoint of ``store``."""
+    if name not in BASELINES:
+        raise ConfigError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+    size = len(store.rows) * int(store.mask.sum()) * 8
+    if name == "W" and size > MAX_BASELINE_BYTES:
+        raise ConfigError(f"the W baseline of {store.path} would need {size / 2**30:.1f} GiB; "
+                          "leave it out of the feature sets")
+    states = [store.state_dict(row) for row in range(len(store.rows))]
+    return BASELINES[name](states, include_batchnorm=store.settings.include_batchnorm)
+
+
+def store_features(
+    store: TokenStore, names: Sequence[str], model: SANE | None = None, *,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """``{name: [M, F]}`` for each name: ``"SANE"`` (needs ``model``) or a baseline."""
+    features = {}
+    for name in names:
+        if name == "SANE":
+            if model is None:
+                raise ConfigError("the SANE features need a pretrained model")
+            features[name] = sane_embeddings(model, store, progress=progress)
+        else:
+            features[name] = baseline_features(store, name)
+    return features

@@ -1,0 +1,65 @@
+"""Predicting model properties from their weights (SANE §5.1): SANE embeddings against the
+``W`` and ``s(W)`` baselines, each through a linear probe, on one token store.
+
+::
+
+    OUT/
+      embeddings.npy   float64 [M, d_z], one row per store checkpoint (with "SANE")
+      probes.json      the settings and one row per (feature set, property): alpha, R² and
+                       sample counts per split
+      probes.md        test R² (validation R²) per property and feature set
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sane import atomic
+from sane.downstream.features import store_features
+from sane.downstream.probes import markdown_table, probe_table
+from sane.errors import FormatError
+from sane.model import SANE
+from sane.weights.store import TokenStore
+
+PROPERTIES = ("test_acc", "epoch", "ggap")
+FEATURES = ("SANE", "W", "sW-layer")
+
+
+def predict_properties(
+    run: str | Path | None,
+    out: str | Path,
+    *,
+    store: str | Path | None = None,
+    features: Sequence[str] = FEATURES,
+    properties: Sequence[str] = PROPERTIES,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Probe ``properties`` from each feature set on the store's splits; writes ``out``.
+
+    ``run`` is a pretraining run directory (needed for ``"SANE"``); ``store`` defaults to the
+    store the run was trained on. Returns the rows of :func:`probe_table`.
+    """
+    model = None if run is None else SANE.from_pretrained(run)
+    if store is None:
+        if run is None:
+            raise FormatError("give a pretraining run or a token store")
+        store = atomic.read_json(Path(run) / "run.json")["store"]
+    tokens = TokenStore.open(store)
+    for name in properties:
+        tokens.property(name)  # unknown names fail before any work
+    values = store_features(tokens, features, model, progress=progress)
+    rows = probe_table(values, {p: tokens.property(p) for p in properties},
+                       {s: tokens.split_rows(s) for s in ("train", "val", "test")})
+    out = Path(out)
+    if "SANE" in values:
+        atomic.save_array(out / "embeddings.npy", values["SANE"])
+    atomic.write_json(out / "probes.json", {
+        "run": None if run is None else str(Path(run).resolve()),
+        "store": str(tokens.path.resolve()), "features": list(features),
+        "properties": list(properties), "results": rows,
+    })
+    atomic.write_text(out / "probes.md", "# Property prediction: test R² (validation R²)\n\n"
+                      + markdown_table(rows) + "\n")
+    return rows

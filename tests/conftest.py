@@ -1,0 +1,24 @@
+"""Fixtures shared by several test modules."""
+
+from __future__ import annotations
+
+import pytest
+
+from sane.weights.store import StoreSettings, TokenStore, prepare_store
+from sane.zoo import ArchConfig, ModelEntry, Zoo, build_model
+
+
+@pytest.fixture(scope="session")
+def random_store(tmp_path_factory) -> TokenStore:
+    """An aligned token store of 12 random (untrained) CNN-s × 3 epochs, 48 tokens of 201
+    per checkpoint, with made-up metrics that depend on the model and the epoch."""
+    arch = ArchConfig(name="cnn_s")
+    zoo = Zoo.create(tmp_path_factory.mktemp("zoo"),
+                     [ModelEntry(f"m{i:03d}", i, arch) for i in range(12)],
+                     dataset={"name": "digits"})
+    for i, entry in enumerate(zoo.models):
+        for e in range(3):
+            zoo.write_epoch(entry.id, e, build_model(arch, seed=100 * i + e).state_dict(),
+                            {"test_acc": 0.1 * e + 0.01 * i, "train_acc": 0.2 * e})
+    return prepare_store(zoo.path, tmp_path_factory.mktemp("store"), StoreSettings(align=True),
+                         progress=False)

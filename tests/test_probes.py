@@ -1,0 +1,140 @@
+"""Linear probes, store features and `sane probe`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import sane.downstream.features as features_module
+from sane.cli import main
+from sane.downstream import (
+    LinearProbe,
+    baseline_features,
+    markdown_table,
+    probe_table,
+    sane_embeddings,
+)
+from sane.downstream.property_prediction import predict_properties
+from sane.errors import ConfigError, FormatError
+from sane.train import PretrainConfig, pretrain
+from sane.weights import BASELINES
+
+
+def linear_data(m: int, f: int, noise: float, seed: int):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(m, f)) * rng.uniform(0.1, 100, size=f)  # scales differ per feature
+    w = rng.normal(size=f) / x.std(axis=0)
+    return x, x @ w + 3.0 + noise * rng.normal(size=m)
+
+
+def test_probe_recovers_a_linear_relation_and_scores_r2():
+    x, y = linear_data(300, 5, 0.01, 0)
+    probe = LinearProbe().fit(x[:200], y[:200], validation=(x[200:250], y[200:250]))
+    assert probe.score(x[250:], y[250:]) > 0.999
+    prediction = probe.predict(x[250:])
+    residual = ((y[250:] - prediction) ** 2).sum() / ((y[250:] - y[250:].mean()) ** 2).sum()
+    assert probe.score(x[250:], y[250:]) == pytest.approx(1 - residual)
+    assert probe.validation_score_ == pytest.approx(probe.score(x[200:250], y[200:250]))
+
+
+def test_the_validation_split_chooses_the_regularization():
+    # 40 noisy samples of a weak signal in 30 features: only strong shrinkage generalizes.
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 30))
+    y = 0.1 * x.sum(axis=1) + rng.normal(size=400)
+    noisy = LinearProbe().fit(x[:40], y[:40], validation=(x[40:], y[40:]))
+    clean_x, clean_y = linear_data(200, 3, 0.0, 2)
+    clean = LinearProbe().fit(clean_x[:100], clean_y[:100],
+                              validation=(clean_x[100:], clean_y[100:]))
+    assert noisy.alpha_ >= 30 and clean.alpha_ == min(LinearProbe().alphas)
+
+
+def test_probe_input_errors():
+    x, y = linear_data(20, 3, 0.1, 3)
+    with pytest.raises(ConfigError, match="fit the probe"):
+        LinearProbe().predict(x)
+    bad = x.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(FormatError, match="training features hold NaN"):
+        LinearProbe().fit(bad, y, validation=(x, y))
+    with pytest.raises(FormatError, match=r"validation targets must be \[20\]"):
+        LinearProbe().fit(x, y, validation=(x, y[:5]))
+    with pytest.raises(FormatError, match="validation features have 2 columns"):
+        LinearProbe().fit(x, y, validation=(x[:, :2], y))
+    with pytest.raises(ConfigError, match="alphas must be positive"):
+        LinearProbe(alphas=(1.0, 0.0))
+
+
+def test_probe_table_leaves_out_unknown_targets_per_property():
+    x, y = linear_data(40, 3, 0.01, 4)
+    partly = y.copy()
+    partly[:5] = np.nan
+    splits = {"train": np.arange(20), "val": np.arange(20, 30), "test": np.arange(30, 40)}
+    rows = probe_table({"a": x, "b": x[:, :1]}, {"y": y, "partly": partly}, splits)
+    assert [(r["features"], r["property"]) for r in rows] == [
+        ("a", "y"), ("b", "y"), ("a", "partly"), ("b", "partly")]
+    assert rows[2]["n_train"] == 15 and rows[0]["n_train"] == 20
+    assert rows[0]["r2_test"] > 0.99
+    table = markdown_table(rows)
+    assert table.splitlines()[0] == "| property | a | b |"
+    assert table.splitlines()[2].startswith(f"| y | {rows[0]['r2_test']:.3f} (")
+    unknown = y.copy()
+    unknown[30:39] = np.nan
+    with pytest.raises(FormatError, match="the test split has 1 rows"):
+        probe_table({"a": x}, {"late": unknown}, splits)
+
+
+@pytest.fixture(scope="module")
+def run(random_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    config = PretrainConfig(epochs=2, batch_size=8, model={"d_model": 32, "n_layers": 1})
+    return out, pretrain(random_store.path, out, config, progress=False)
+
+
+def test_embeddings_are_the_haloed_mean_latents_in_store_order(random_store, run):
+    _, model = run
+    z = sane_embeddings(model, random_store, batch_size=5, progress=False)
+    assert z.shape == (36, model.config.d_latent) and z.dtype == np.float64
+    with torch.no_grad():
+        expected = model.embed(torch.tensor(random_store.tokens[7:9]), random_store.positions)
+    np.testing.assert_allclose(z[7:9], expected.double().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_baselines_read_the_store_checkpoints(random_store, monkeypatch):
+    states = [random_store.state_dict(r) for r in range(len(random_store.rows))]
+    np.testing.assert_array_equal(baseline_features(random_store, "sW-layer"),
+                                  BASELINES["sW-layer"](states))
+    assert baseline_features(random_store, "W").shape == (36, 2464)
+    with pytest.raises(ConfigError, match="unknown baseline 'V'"):
+        baseline_features(random_store, "V")
+    monkeypatch.setattr(features_module, "MAX_BASELINE_BYTES", 1000)
+    with pytest.raises(ConfigError, match=r"W baseline .* would need"):
+        baseline_features(random_store, "W")
+
+
+def test_predict_properties_writes_results_and_embeddings(random_store, run, tmp_path):
+    out, _ = run
+    rows = predict_properties(out, tmp_path / "p", progress=False)
+    assert {(r["features"], r["property"]) for r in rows} == {
+        (f, p) for f in ("SANE", "W", "sW-layer") for p in ("test_acc", "epoch", "ggap")}
+    saved = json.loads((tmp_path / "p" / "probes.json").read_text())
+    assert saved["store"] == str(random_store.path.resolve()) and saved["results"] == rows
+    assert np.load(tmp_path / "p" / "embeddings.npy").shape == (36, 16)
+    assert "| test_acc |" in (tmp_path / "p" / "probes.md").read_text()
+    with pytest.raises(ConfigError, match="unknown property 'loss'"):
+        predict_properties(out, tmp_path / "q", properties=["loss"], progress=False)
+
+
+def test_cli_probe(random_store, run, tmp_path, capsys):
+    out, _ = run
+    assert main(["probe", str(out), "--out", str(tmp_path / "a"), "--features", "SANE",
+                 "--properties", "epoch"]) == 0
+    assert "| epoch |" in capsys.readouterr().out
+    assert main(["probe", "--store", str(random_store.path), "--out", str(tmp_path / "b"),
+                 "--features", "sW-layer"]) == 0
+    assert not (tmp_path / "b" / "embeddings.npy").exists()
+    assert main(["probe", "--store", str(random_store.path), "--out", str(tmp_path / "c")]) == 2
+    assert "need a pretraining run" in capsys.readouterr().err
