@@ -13,6 +13,8 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert "48 checkpoints × 48 tokens × 201 values" in report  # 8 models × epochs 0..5
     assert (tmp_path / "zoo" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "30 epochs: validation reconstruction loss" in report
+    assert "| property | SANE | W | sW-layer |" in report
+    assert (tmp_path / "probes" / "embeddings.npy").is_file()
     assert SANE.from_pretrained(tmp_path / "sane").config.token_size == 201
     files = [tmp_path / "zoo" / "models" / "m0000" / "epoch_005.safetensors",
              tmp_path / "store" / "tokens.npy", tmp_path / "sane" / "training.safetensors"]
