@@ -15,7 +15,7 @@ def random_store(tmp_path_factory) -> TokenStore:
     arch = ArchConfig(name="cnn_s")
     zoo = Zoo.create(tmp_path_factory.mktemp("zoo"),
                      [ModelEntry(f"m{i:03d}", i, arch) for i in range(12)],
-                     dataset={"name": "digits"})
+                     dataset={"name": "digits", "size": 28})
     for i, entry in enumerate(zoo.models):
         for e in range(3):
             zoo.write_epoch(entry.id, e, build_model(arch, seed=100 * i + e).state_dict(),

@@ -15,6 +15,8 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert "30 epochs: validation reconstruction loss" in report
     assert "| property | SANE | W | sW-layer |" in report
     assert (tmp_path / "probes" / "embeddings.npy").is_file()
+    assert "20 drawn around 5 prompt models, the 5 best kept" in report
+    assert len(list((tmp_path / "samples").glob("sample_*.safetensors"))) == 5
     assert SANE.from_pretrained(tmp_path / "sane").config.token_size == 201
     files = [tmp_path / "zoo" / "models" / "m0000" / "epoch_005.safetensors",
              tmp_path / "store" / "tokens.npy", tmp_path / "sane" / "training.safetensors"]

@@ -9,7 +9,8 @@ Stages (each resumable: a rerun reuses what is on disk):
 4. draw augmented training windows from the store;
 5. pretrain a tiny SANE autoencoder on the store into ``OUT/sane`` (a rerun resumes);
 6. predict test accuracy, epoch and generalization gap from SANE embeddings and from the
-   ``W`` and ``s(W)`` baselines with linear probes (``OUT/probes``).
+   ``W`` and ``s(W)`` baselines with linear probes (``OUT/probes``);
+7. sample 20 new models around 5 prompt models, keep the 5 best (``OUT/samples``).
 
 ``OUT/report.md`` collects what each stage produced.
 """
@@ -26,8 +27,10 @@ DEMO_EPOCHS = 30
 
 def run_demo(out: str | Path, *, progress: bool = True) -> Path:
     """Run the demo into ``out``; returns the path of the report."""
+    from sane.downstream.generation import sample_from_run
     from sane.downstream.probes import markdown_table
     from sane.downstream.property_prediction import predict_properties
+    from sane.downstream.sampling import SamplingConfig
     from sane.model import describe
     from sane.train import PretrainConfig, WindowConfig, WindowSampler, pretrain
     from sane.weights.store import StoreSettings, prepare_store
@@ -35,24 +38,28 @@ def run_demo(out: str | Path, *, progress: bool = True) -> Path:
     from sane.zoo.summary import plot_accuracy, summary_table
 
     out = Path(out)
-    print("1/6 training the digits-cnn-s population")
+    print("1/7 training the digits-cnn-s population")
     zoo = train_population(load_config("digits-cnn-s"), out / "zoo", progress=progress)
-    print("2/6 summarizing the zoo")
+    print("2/7 summarizing the zoo")
     table = summary_table(zoo)
     plot_accuracy(zoo, zoo.path / "accuracy.png")
     print(table)
-    print("3/6 tokenizing and aligning every checkpoint into a token store")
+    print("3/7 tokenizing and aligning every checkpoint into a token store")
     store = prepare_store(zoo.path, out / "store", StoreSettings(align=True), progress=progress)
     m = store.manifest
-    print("4/6 drawing augmented training windows")
+    print("4/7 drawing augmented training windows")
     config = WindowConfig(window_size=16, batch_size=8, views=2, multiplicative_noise=0.1)
     batch = next(WindowSampler(store, "train", config, seed=0).epoch(0))
-    print("5/6 pretraining a tiny SANE autoencoder on the token store")
+    print("5/7 pretraining a tiny SANE autoencoder on the token store")
     sane = pretrain(store.path, out / "sane", PretrainConfig(epochs=DEMO_EPOCHS, batch_size=8),
                     progress=progress)
-    print("6/6 predicting model properties with linear probes")
+    print("6/7 predicting model properties with linear probes")
     probes = markdown_table(predict_properties(out / "sane", out / "probes", progress=progress))
     print(probes)
+    print("7/7 sampling new models around 5 prompt models")
+    samples = sample_from_run(out / "sane", out / "samples",
+                              config=SamplingConfig(samples=20, keep=5))
+    prompts = atomic.read_json(out / "samples" / "samples.json")["prompts"]
     history = atomic.read_json(out / "sane" / "history.json")
     first, last = history[0], history[-1]
     report = "\n".join([
@@ -73,6 +80,12 @@ def run_demo(out: str | Path, *, progress: bool = True) -> Path:
         "## Property prediction: test R² (validation R²)", "",
         "Linear probes fitted on the training split's checkpoints, their strength chosen on the "
         "validation split (a handful of models here: the figures are noisy).", "", probes, "",
+        "## Sampled models", "",
+        f"- 20 drawn around {len(prompts)} prompt models, the 5 best kept: validation accuracy "
+        + ", ".join(f"{s:.3f}" for s in samples.scores)
+        + " (prompts: " + ", ".join(f"{p['score']:.3f}" for p in prompts) + ")",
+        "- a tiny SANE trained for seconds reconstructs weights too coarsely for good samples; "
+        "[samples/samples.md](samples/samples.md)", "",
     ])
     atomic.write_text(out / "report.md", report)
     print(f"report: {out / 'report.md'}")

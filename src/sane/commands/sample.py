@@ -1,0 +1,44 @@
+"""``sane sample``: sample new models for a zoo's task from a pretrained SANE."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    sample = subparsers.add_parser(
+        "sample", help="sample new models from a pretrained SANE and keep the best",
+        description="Embed a few prompt models (the first training-split models of the store), "
+        "draw latent sequences from a per-token KDE around them (or from a Gaussian prior), "
+        "decode them into weights, condition batch norm on the zoo's training images, score "
+        "them by validation accuracy and keep the best; with --rounds > 1 the kept latents "
+        "become the next prompts.",
+    )
+    sample.add_argument("run", type=Path, help="pretraining run directory (from `sane pretrain`)")
+    sample.add_argument("--out", required=True, type=Path, help="output directory")
+    sample.add_argument("--store", type=Path,
+                        help="token store (default: the one the run was trained on)")
+    sample.add_argument("--prompts", type=int, default=5, help="prompt models (default 5)")
+    sample.add_argument("--prompt-epoch", type=int,
+                        help="epoch of the prompts (default: each model's last stored epoch)")
+    sample.add_argument("--samples", type=int, default=50, help="models drawn per round")
+    sample.add_argument("--keep", type=int, default=10, help="best models kept per round")
+    sample.add_argument("--rounds", type=int, default=1, help="bootstrapping rounds")
+    sample.add_argument("--bandwidth", type=float, default=0.2, help="KDE bandwidth")
+    sample.add_argument("--prior-std", type=float,
+                        help="start from N(0, STD²) latents instead of prompts")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.set_defaults(handler=_sample)
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from sane.downstream.generation import sample_from_run
+    from sane.downstream.sampling import SamplingConfig
+
+    config = SamplingConfig(samples=args.samples, keep=args.keep, rounds=args.rounds,
+                            bandwidth=args.bandwidth, prior_std=args.prior_std, seed=args.seed)
+    sample_from_run(args.run, args.out, store=args.store, prompts=args.prompts,
+                    prompt_epoch=args.prompt_epoch, config=config)
+    print((args.out / "samples.md").read_text().rstrip())
+    print(f"models: {args.out}/sample_*.safetensors, report: {args.out / 'samples.json'}")

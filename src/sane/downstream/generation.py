@@ -1,0 +1,121 @@
+"""``sane sample``: new models for a zoo's task from a pretrained SANE, end to end.
+
+Prompts are the first ``prompts`` training-split models of the store (in id order) at one
+stored epoch; the target is the zoo's own architecture and dataset: sampled models are scored
+by accuracy on the dataset's validation split and batch norm is conditioned on its training
+images. The prompt models are scored the same way, for comparison.
+
+::
+
+    OUT/
+      sample_000.safetensors ...   the kept models, best first (state dicts, aligned frame)
+      samples.json                 settings, prompts, scores of samples and prompts, rounds
+      samples.md                   the same as a table
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sane import atomic
+from sane.data import load_dataset
+from sane.downstream.batchnorm import condition_batchnorm, has_batchnorm
+from sane.downstream.sampling import Samples, SamplingConfig, Target, sample_models
+from sane.errors import ConfigError
+from sane.model import SANE
+from sane.weights.store import TokenStore
+from sane.zoo import ArchConfig, Zoo, build_model
+
+
+def zoo_target(store: TokenStore, *, batch_size: int = 1000) -> Target:
+    """The zoo's architecture and dataset as a sampling target (validation accuracy)."""
+    arch = ArchConfig.from_dict(store.meta["architecture"])
+    info = Zoo.open(store.meta["zoo"]).dataset
+    ds = load_dataset(info["name"], info.get("root"), size=info.get("size"),
+                      grayscale=info.get("grayscale", False),
+                      val_fraction=info.get("val_fraction", 1 / 6), seed=info.get("seed", 0))
+
+    @torch.no_grad()
+    def accuracy(net: nn.Module) -> float:
+        x, y = ds.val.x, ds.val.y
+        hits = sum(int((net(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+                   for i in range(0, len(y), batch_size))
+        return hits / len(y)
+
+    return Target(build=lambda: build_model(arch, seed=0), score=accuracy, images=ds.train.x)
+
+
+def prompt_rows(store: TokenStore, count: int, epoch: int | None) -> list[int]:
+    """Store rows of the first ``count`` training-split models at ``epoch`` (default: each
+    model's last stored epoch)."""
+    by_model: dict[str, dict[int, int]] = {}
+    for row in store.split_rows("train").tolist():
+        model_id, e, _ = store.rows[row]
+        by_model.setdefault(model_id, {})[e] = row
+    rows = []
+    for model_id in sorted(by_model):
+        epochs = by_model[model_id]
+        chosen = max(epochs) if epoch is None else epoch
+        if chosen in epochs:
+            rows.append(epochs[chosen])
+        if len(rows) == count:
+            return rows
+    raise ConfigError(f"{store.path}: {len(rows)} training models have epoch "
+                      f"{'stored' if epoch is None else epoch}; {count} prompts were asked for")
+
+
+def sample_from_run(
+    run: str | Path, out: str | Path, *, store: str | Path | None = None, prompts: int = 5,
+    prompt_epoch: int | None = None, config: SamplingConfig | None = None,
+) -> Samples:
+    """Sample models for the zoo of ``store`` (default: the run's) with the SANE in ``run``."""
+    config = config or SamplingConfig()
+    model = SANE.from_pretrained(run)
+    tokens = TokenStore.open(store or atomic.read_json(Path(run) / "run.json")["store"])
+    target = zoo_target(tokens)
+    rows = [] if config.prior_std is not None else prompt_rows(tokens, prompts, prompt_epoch)
+    prompt_tokens = torch.tensor(tokens.tokens[rows]) if rows else None
+    samples = sample_models(model, prompt_tokens, tokens.positions, tokens.manifest,
+                            tokens.standardization, target, config)
+    prompt_scores = [_score_stored(tokens, row, target) for row in rows]
+
+    out = Path(out)
+    for i, state in enumerate(samples.states):
+        atomic.save_tensors(out / f"sample_{i:03d}.safetensors", state)
+    report: dict[str, Any] = {
+        "run": str(Path(run).resolve()), "store": str(tokens.path.resolve()),
+        "config": dataclasses.asdict(config),
+        "prompts": [{"model": tokens.rows[r][0], "epoch": tokens.rows[r][1], "score": s}
+                    for r, s in zip(rows, prompt_scores)],
+        "samples": [{"file": f"sample_{i:03d}.safetensors", "score": s}
+                    for i, s in enumerate(samples.scores)],
+        "rounds": samples.rounds,
+    }
+    atomic.write_json(out / "samples.json", report)
+    atomic.write_text(out / "samples.md", _markdown(report))
+    return samples
+
+
+def _score_stored(store: TokenStore, row: int, target: Target) -> float:
+    net = target.build()
+    net.load_state_dict(store.state_dict(row))
+    if has_batchnorm(net) and not store.settings.include_batchnorm:
+        condition_batchnorm(net, target.images, generator=torch.Generator().manual_seed(row))
+    return float(target.score(net.eval()))
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    lines = ["# Sampled models: validation accuracy", "",
+             "| round | mean | std | best | mean of kept |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['round']} | {r['mean']:.4f} | {r['std']:.4f} | {r['best']:.4f} | "
+              f"{r['kept_mean']:.4f} |" for r in report["rounds"]]
+    lines += ["", "| model | validation accuracy |", "|---|---:|"]
+    lines += [f"| {s['file']} | {s['score']:.4f} |" for s in report["samples"]]
+    lines += [f"| prompt {p['model']} (epoch {p['epoch']}) | {p['score']:.4f} |"
+              for p in report["prompts"]]
+    return "\n".join(lines) + "\n"

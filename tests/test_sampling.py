@@ -1,0 +1,156 @@
+"""Sampling: independent per-token KDE draws, sorted best models, batch-norm conditioning,
+`sane sample` end to end."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from sane.cli import main
+from sane.downstream import (
+    SamplingConfig,
+    Target,
+    condition_batchnorm,
+    kde_sample,
+    sample_models,
+)
+from sane.errors import ConfigError, FormatError
+from sane.train import PretrainConfig, pretrain
+from sane.weights import fit_standardization, tokenize
+from sane.zoo import ArchConfig, build_model
+
+ARCH = ArchConfig(name="cnn_s")
+
+
+def test_every_token_draws_its_own_prompt_and_noise():
+    g = torch.Generator().manual_seed(0)
+    prompts = torch.randn(4, 48, 3, generator=g)
+    exact = kde_sample(prompts, 6, 0.0, torch.Generator().manual_seed(1))
+    # With no noise each token is one prompt's token at that position...
+    match = (exact[:, None] == prompts[None]).all(-1)  # [6, 4, 48]
+    assert match.any(1).all()
+    # ...and the prompt differs from token to token (the reference picked one per sample).
+    source = match.float().argmax(1)
+    assert all(len(set(row.tolist())) > 1 for row in source)
+    noisy = kde_sample(torch.zeros(1, 48, 3), 200, 0.5, torch.Generator().manual_seed(2))
+    assert noisy.std().item() == pytest.approx(0.5, rel=0.05)
+    assert not torch.allclose(noisy[:, 0], noisy[:, 1])  # no shared noise across tokens
+    assert torch.equal(kde_sample(prompts, 6, 0.2, torch.Generator().manual_seed(3)),
+                       kde_sample(prompts, 6, 0.2, torch.Generator().manual_seed(3)))
+
+
+class IdentityAutoencoder:
+    """Stands in for SANE: latents are the tokens themselves, so sampling is exact."""
+
+    def __init__(self, token_size: int) -> None:
+        self.config = SimpleNamespace(d_latent=token_size)
+
+    def eval(self) -> IdentityAutoencoder:
+        return self
+
+    def encode_sequence(self, tokens, positions):
+        return tokens.clone()
+
+    def decode_sequence(self, z, positions):
+        return z.clone()
+
+
+def _prompts(seeds):
+    states = [build_model(ARCH, seed=s).state_dict() for s in seeds]
+    standardization = fit_standardization(states)
+    tokens = [tokenize(standardization.apply(s)) for s in states]
+    return states, standardization, tokens[0].manifest, tokens[0].positions, torch.stack(
+        [t.tokens for t in tokens])
+
+
+def _first_weight_sum(net: nn.Module) -> float:
+    return float(net.state_dict()["module_list.0.weight"].sum())
+
+
+def test_one_prompt_without_noise_samples_the_prompt_itself():
+    states, standardization, manifest, positions, prompts = _prompts([1])
+    target = Target(build=lambda: build_model(ARCH), score=_first_weight_sum,
+                    images=torch.zeros(4, 1, 28, 28))
+    out = sample_models(IdentityAutoencoder(201), prompts, positions, manifest, standardization,
+                        target, SamplingConfig(samples=3, keep=2, bandwidth=0.0))
+    assert len(out.states) == 2 and out.latents.shape == (2, 48, 201)
+    for state in out.states:
+        for key, value in states[0].items():
+            torch.testing.assert_close(state[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_bootstrapping_returns_the_best_of_the_last_round_sorted():
+    _, standardization, manifest, positions, prompts = _prompts([1, 2, 3])
+    target = Target(build=lambda: build_model(ARCH), score=_first_weight_sum,
+                    images=torch.zeros(4, 1, 28, 28))
+    out = sample_models(IdentityAutoencoder(201), prompts, positions, manifest, standardization,
+                        target, SamplingConfig(samples=12, keep=4, rounds=3, bandwidth=0.3))
+    assert out.scores == sorted(out.scores, reverse=True)
+    assert [r["round"] for r in out.rounds] == [1, 2, 3]
+    assert out.scores[0] == pytest.approx(out.rounds[-1]["best"])
+    assert sum(out.scores) / 4 == pytest.approx(out.rounds[-1]["kept_mean"])
+    for state, score in zip(out.states, out.scores):  # each score belongs to its model
+        assert float(state["module_list.0.weight"].sum()) == pytest.approx(score, abs=1e-4)
+
+
+def test_gaussian_prior_needs_no_prompts_and_bad_prompts_are_refused():
+    _, standardization, manifest, positions, prompts = _prompts([1])
+    target = Target(build=lambda: build_model(ARCH), score=_first_weight_sum,
+                    images=torch.zeros(4, 1, 28, 28))
+    model = IdentityAutoencoder(201)
+    out = sample_models(model, None, positions, manifest, standardization, target,
+                        SamplingConfig(samples=4, keep=1, prior_std=1.0))
+    assert len(out.states) == 1
+    with pytest.raises(FormatError, match="prompts must be"):
+        sample_models(model, None, positions, manifest, standardization, target)
+    with pytest.raises(FormatError, match="positions must be"):
+        sample_models(model, prompts, positions[:5], manifest, standardization, target)
+    with pytest.raises(ConfigError, match="keep must lie"):
+        SamplingConfig(samples=3, keep=5)
+
+
+def test_batchnorm_conditioning_reestimates_statistics_and_nothing_else():
+    net = nn.Sequential(nn.Dropout(0.9), nn.BatchNorm2d(3))
+    with torch.no_grad():
+        net[1].weight.fill_(2.0)
+    net[1].running_mean.fill_(5.0)
+    images = torch.randn(64, 3, 4, 4, generator=torch.Generator().manual_seed(0)) + 1.5
+    condition_batchnorm(net, images, batches=4, batch_size=16,
+                        generator=torch.Generator().manual_seed(1))
+    # Four batches of 16 cover the 64 images once: the cumulative mean is theirs, and dropout
+    # stayed off (in train mode it would have scaled the inputs).
+    torch.testing.assert_close(net[1].running_mean, images.mean(dim=(0, 2, 3)))
+    assert torch.equal(net[1].weight, torch.full((3,), 2.0))
+    assert net[1].momentum == 0.1 and not net.training and int(net[1].num_batches_tracked) == 4
+    with pytest.raises(ConfigError, match="batch_size >= 2"):
+        condition_batchnorm(net, images, batch_size=1)
+
+
+@pytest.fixture(scope="module")
+def run(random_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    pretrain(random_store.path, out, PretrainConfig(epochs=1, batch_size=8,
+                                                     model={"d_model": 32, "n_layers": 1}),
+             progress=False)
+    return out
+
+
+def test_sane_sample_end_to_end(run, tmp_path, capsys):
+    out = tmp_path / "samples"
+    assert main(["sample", str(run), "--out", str(out), "--prompts", "3", "--samples", "6",
+                 "--keep", "2", "--rounds", "2"]) == 0
+    report = json.loads((out / "samples.json").read_text())
+    scores = [s["score"] for s in report["samples"]]
+    assert len(scores) == 2 and scores == sorted(scores, reverse=True)
+    assert all(0 <= s <= 1 for s in scores) and len(report["rounds"]) == 2
+    assert [p["epoch"] for p in report["prompts"]] == [2, 2, 2]
+    net = build_model(ARCH)
+    net.load_state_dict(load_file(str(out / "sample_000.safetensors")))
+    assert "| round | mean |" in capsys.readouterr().out
+    assert main(["sample", str(run), "--out", str(tmp_path / "x"), "--prompts", "99"]) == 2
+    assert "99 prompts were asked for" in capsys.readouterr().err
