@@ -102,6 +102,23 @@ def test_epoch_selection_and_non_finite_checkpoints(tmp_path):
     assert store.meta["skipped_non_finite"] == 1 and len(store.rows) == 9
 
 
+def test_checkpoints_above_max_abs_are_left_out(tmp_path):
+    zoo = _zoo(tmp_path / "zoo", n_models=4, epochs=2)
+    big = zoo.load_checkpoint("m001", 1)
+    big["module_list.0.bias"][0] = -250.0
+    zoo.model_dir("m001").joinpath("metrics.json").unlink()
+    for e in range(2):
+        zoo.write_epoch("m001", e, big if e == 1 else zoo.load_checkpoint("m001", e), {})
+    kept = prepare_store(zoo.path, tmp_path / "all", progress=False)
+    store = prepare_store(zoo.path, tmp_path / "store", StoreSettings(max_abs=100.0),
+                          progress=False)
+    assert len(kept.rows) == 8 and len(store.rows) == 7
+    assert ("m001", 1, _split_of(zoo, "m001")) not in store.rows
+    assert store.meta["skipped_above_max_abs"] == 1 and store.settings.max_abs == 100.0
+    with pytest.raises(ConfigError, match="max_abs must be positive"):
+        prepare_store(zoo.path, tmp_path / "bad", StoreSettings(max_abs=0.0), progress=False)
+
+
 def _split_of(zoo, model_id):
     return next(s for s, ids in zoo.split.items() if model_id in ids)
 

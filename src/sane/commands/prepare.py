@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="tokenize batch-norm parameters and statistics too")
     prepare.add_argument("--epochs", help="epochs to store, e.g. '21-25' or '0,5,10' (default all)")
     prepare.add_argument("--seed", type=int, default=0, help="seed of the weight matching order")
+    prepare.add_argument("--max-abs", type=float,
+                         help="leave out checkpoints with a weight of magnitude above MAX_ABS "
+                         "(diverged models; default: keep every finite checkpoint)")
     prepare.set_defaults(handler=_prepare)
 
 
@@ -48,7 +51,8 @@ def _prepare(args: argparse.Namespace) -> None:
 
     settings = StoreSettings(token_size=args.token_size, align=args.align,
                              include_batchnorm=args.include_batchnorm,
-                             epochs=parse_epochs(args.epochs), seed=args.seed)
+                             epochs=parse_epochs(args.epochs), seed=args.seed,
+                             max_abs=args.max_abs)
     store = prepare_store(args.zoo, args.out, settings)
     m = store.manifest
     print(f"token store {store.path}: {len(store.rows)} checkpoints × {m.num_tokens} tokens × "
@@ -57,5 +61,8 @@ def _prepare(args: argparse.Namespace) -> None:
         print(f"  {split}: {len(store.split_rows(split))} checkpoints")
     if store.meta["skipped_non_finite"]:
         print(f"  left out: {store.meta['skipped_non_finite']} checkpoints with non-finite weights")
+    if store.meta.get("skipped_above_max_abs"):
+        print(f"  left out: {store.meta['skipped_above_max_abs']} checkpoints with weights above "
+              f"{args.max_abs}")
     if args.align:
         print(f"  aligned to {store.meta['alignment_reference']}")

@@ -56,18 +56,25 @@ PROPERTIES = ("test_acc", "val_acc", "train_acc", "ggap", "epoch", "test_loss", 
 
 @dataclass(frozen=True)
 class StoreSettings:
-    """What ``sane prepare`` was asked for; a rerun with other settings is refused."""
+    """What ``sane prepare`` was asked for; a rerun with other settings is refused.
+
+    ``max_abs`` leaves out checkpoints with a tokenized weight of magnitude above it
+    (diverged models, whose scale would otherwise dominate the standardization); None keeps
+    every finite checkpoint.
+    """
 
     token_size: int | None = None
     align: bool = False
     include_batchnorm: bool = False
     epochs: tuple[int, ...] | None = None
     seed: int = 0
+    max_abs: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"token_size": self.token_size, "align": self.align,
                 "include_batchnorm": self.include_batchnorm,
-                "epochs": None if self.epochs is None else list(self.epochs), "seed": self.seed}
+                "epochs": None if self.epochs is None else list(self.epochs), "seed": self.seed,
+                "max_abs": self.max_abs}
 
 
 class TokenStore:
@@ -117,7 +124,8 @@ class TokenStore:
     def settings(self) -> StoreSettings:
         s = self.meta["settings"]
         epochs = None if s["epochs"] is None else tuple(s["epochs"])
-        return StoreSettings(s["token_size"], s["align"], s["include_batchnorm"], epochs, s["seed"])
+        return StoreSettings(s["token_size"], s["align"], s["include_batchnorm"], epochs, s["seed"],
+                             s.get("max_abs"))
 
     @property
     def alignment(self) -> Alignment | None:
@@ -173,7 +181,9 @@ def prepare_store(
         state = layout.rename(model_id, zoo.load_checkpoint(model_id, epoch))
         return state if alignment is None else alignment.apply(model_id, state)
 
-    rows, skipped = _select_rows(zoo, settings.epochs, manifest, alignment, load, progress)
+    if settings.max_abs is not None and not settings.max_abs > 0:
+        raise ConfigError(f"max_abs must be positive, got {settings.max_abs}")
+    rows, skipped = _select_rows(zoo, settings, manifest, alignment, load, progress)
     if not any(split == "train" for _, _, split in rows):
         raise FormatError(f"{zoo.path}: no usable training-split checkpoint to fit the "
                           "standardization on")
@@ -194,7 +204,8 @@ def prepare_store(
         "permutation_spec": None if spec is None else spec.to_dict(),
         "alignment_reference": None if alignment is None else alignment.reference,
         "rows": [{"model": m, "epoch": e, "split": s} for m, e, s in rows],
-        "skipped_non_finite": skipped, "property_names": list(PROPERTIES),
+        "skipped_non_finite": skipped["non_finite"],
+        "skipped_above_max_abs": skipped["above_max_abs"], "property_names": list(PROPERTIES),
     })
     return TokenStore.open(out)
 
@@ -222,30 +233,36 @@ def _alignment(zoo: Zoo, out: Path, settings: StoreSettings, progress: bool) -> 
 
 def _select_rows(
     zoo: Zoo,
-    epochs: Sequence[int] | None,
+    settings: StoreSettings,
     manifest: TokenManifest,
     alignment: Alignment | None,
     load: Callable[[str, int], dict[str, torch.Tensor]],
     progress: bool,
-) -> tuple[list[tuple[str, int, str]], int]:
+) -> tuple[list[tuple[str, int, str]], dict[str, int]]:
     """``(model, epoch, split)`` of every checkpoint to store, in split then id then epoch
-    order, and the number left out for non-finite weights."""
+    order, and the numbers left out for non-finite weights and for weights above
+    ``settings.max_abs``."""
     split_of = {m: s for s, ids in zoo.split.items() for m in ids}
-    rows, skipped = [], 0
+    rows, skipped = [], {"non_finite": 0, "above_max_abs": 0}
     ids = [m for s in ("train", "val", "test") for m in sorted(zoo.split[s])]
     for model_id in tqdm(ids, desc="checking", unit="model", disable=not progress):
         if alignment is not None and model_id not in alignment.perms:
             continue  # no finite checkpoint at all
         for epoch in zoo.checkpoint_epochs(model_id):
-            if epochs is not None and epoch not in epochs:
+            if settings.epochs is not None and epoch not in settings.epochs:
                 continue
             try:
                 state = load(model_id, epoch)
                 manifest.check_state_dict(state, finite=False)
             except FormatError as error:
                 raise FormatError(f"{zoo.checkpoint_path(model_id, epoch)}: {error}") from error
-            if not all(torch.isfinite(state[k]).all() for k in manifest.tokenized_keys()):
-                skipped += 1
+            values = [state[k] for k in manifest.tokenized_keys()]
+            if not all(torch.isfinite(v).all() for v in values):
+                skipped["non_finite"] += 1
+                continue
+            if settings.max_abs is not None and max(float(v.abs().max()) for v in values
+                                                    if v.numel()) > settings.max_abs:
+                skipped["above_max_abs"] += 1
                 continue
             rows.append((model_id, epoch, split_of[model_id]))
     return rows, skipped
