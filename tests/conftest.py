@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from sane.model import SANE
+from sane.train import PretrainConfig, pretrain
 from sane.weights.store import StoreSettings, TokenStore, prepare_store
 from sane.zoo import ArchConfig, ModelEntry, Zoo, build_model
 
@@ -22,3 +26,11 @@ def random_store(tmp_path_factory) -> TokenStore:
                             {"test_acc": 0.1 * e + 0.01 * i, "train_acc": 0.2 * e})
     return prepare_store(zoo.path, tmp_path_factory.mktemp("store"), StoreSettings(align=True),
                          progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(random_store, tmp_path_factory) -> tuple[Path, SANE]:
+    """A one-epoch pretraining run of a very small SANE on :func:`random_store`."""
+    out = tmp_path_factory.mktemp("run")
+    config = PretrainConfig(epochs=1, batch_size=8, model={"d_model": 32, "n_layers": 1})
+    return out, pretrain(random_store.path, out, config, progress=False)

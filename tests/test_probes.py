@@ -19,7 +19,6 @@ from sane.downstream import (
 )
 from sane.downstream.property_prediction import predict_properties
 from sane.errors import ConfigError, FormatError
-from sane.train import PretrainConfig, pretrain
 from sane.weights import BASELINES
 
 
@@ -87,15 +86,8 @@ def test_probe_table_leaves_out_unknown_targets_per_property():
         probe_table({"a": x}, {"late": unknown}, splits)
 
 
-@pytest.fixture(scope="module")
-def run(random_store, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    config = PretrainConfig(epochs=2, batch_size=8, model={"d_model": 32, "n_layers": 1})
-    return out, pretrain(random_store.path, out, config, progress=False)
-
-
-def test_embeddings_are_the_haloed_mean_latents_in_store_order(random_store, run):
-    _, model = run
+def test_embeddings_are_the_haloed_mean_latents_in_store_order(random_store, tiny_run):
+    _, model = tiny_run
     z = sane_embeddings(model, random_store, batch_size=5, progress=False)
     assert z.shape == (36, model.config.d_latent) and z.dtype == np.float64
     with torch.no_grad():
@@ -115,8 +107,8 @@ def test_baselines_read_the_store_checkpoints(random_store, monkeypatch):
         baseline_features(random_store, "W")
 
 
-def test_predict_properties_writes_results_and_embeddings(random_store, run, tmp_path):
-    out, _ = run
+def test_predict_properties_writes_results_and_embeddings(random_store, tiny_run, tmp_path):
+    out, _ = tiny_run
     rows = predict_properties(out, tmp_path / "p", progress=False)
     assert {(r["features"], r["property"]) for r in rows} == {
         (f, p) for f in ("SANE", "W", "sW-layer") for p in ("test_acc", "epoch", "ggap")}
@@ -128,8 +120,8 @@ def test_predict_properties_writes_results_and_embeddings(random_store, run, tmp
         predict_properties(out, tmp_path / "q", properties=["loss"], progress=False)
 
 
-def test_cli_probe(random_store, run, tmp_path, capsys):
-    out, _ = run
+def test_cli_probe(random_store, tiny_run, tmp_path, capsys):
+    out, _ = tiny_run
     assert main(["probe", str(out), "--out", str(tmp_path / "a"), "--features", "SANE",
                  "--properties", "epoch"]) == 0
     assert "| epoch |" in capsys.readouterr().out

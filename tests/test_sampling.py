@@ -20,7 +20,6 @@ from sane.downstream import (
     sample_models,
 )
 from sane.errors import ConfigError, FormatError
-from sane.train import PretrainConfig, pretrain
 from sane.weights import fit_standardization, tokenize
 from sane.zoo import ArchConfig, build_model
 
@@ -131,18 +130,9 @@ def test_batchnorm_conditioning_reestimates_statistics_and_nothing_else():
         condition_batchnorm(net, images, batch_size=1)
 
 
-@pytest.fixture(scope="module")
-def run(random_store, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    pretrain(random_store.path, out, PretrainConfig(epochs=1, batch_size=8,
-                                                     model={"d_model": 32, "n_layers": 1}),
-             progress=False)
-    return out
-
-
-def test_sane_sample_end_to_end(run, tmp_path, capsys):
+def test_sane_sample_end_to_end(tiny_run, tmp_path, capsys):
     out = tmp_path / "samples"
-    assert main(["sample", str(run), "--out", str(out), "--prompts", "3", "--samples", "6",
+    assert main(["sample", str(tiny_run[0]), "--out", str(out), "--prompts", "3", "--samples", "6",
                  "--keep", "2", "--rounds", "2"]) == 0
     report = json.loads((out / "samples.json").read_text())
     scores = [s["score"] for s in report["samples"]]
@@ -152,5 +142,5 @@ def test_sane_sample_end_to_end(run, tmp_path, capsys):
     net = build_model(ARCH)
     net.load_state_dict(load_file(str(out / "sample_000.safetensors")))
     assert "| round | mean |" in capsys.readouterr().out
-    assert main(["sample", str(run), "--out", str(tmp_path / "x"), "--prompts", "99"]) == 2
+    assert main(["sample", str(tiny_run[0]), "--out", str(tmp_path / "x"), "--prompts", "99"]) == 2
     assert "99 prompts were asked for" in capsys.readouterr().err
