@@ -158,3 +158,16 @@ def test_a_diverging_run_stops_with_the_epoch_and_step_and_saves_nothing(store, 
     with pytest.raises(FormatError, match="diverged: the loss is nan at epoch 1, step 1"):
         pretrain(store.path, tmp_path / "run", FAST, progress=False)
     assert not (tmp_path / "run" / "training.safetensors").exists()
+
+
+def test_a_store_without_permutation_spec_needs_permute_off(store, tmp_path):
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(store.path, copy)
+    meta = json.loads((copy / "store.json").read_text())
+    (copy / "store.json").write_text(json.dumps({**meta, "permutation_spec": None}))
+    with pytest.raises(ConfigError, match="set `permute = false`"):
+        pretrain(copy, tmp_path / "run", FAST, progress=False)
+    config = PretrainConfig(epochs=1, batch_size=8, permute=False, model=FAST.model)
+    assert pretrain(copy, tmp_path / "run", config, progress=False).config.token_size == 201

@@ -169,6 +169,10 @@ def pretrain(
     store, out = TokenStore.open(store_path), Path(out)
     shape = model_config(config, store)
     device = _device(config.device)
+    if config.permute and store.spec is None:
+        raise ConfigError(f"{store.path}: the architecture has no permutation spec, so the "
+                          "second view cannot be permuted; set `permute = false` in the "
+                          "pretraining config")
     windows = WindowConfig(
         window_size=shape.window_size, batch_size=config.batch_size, views=2,
         permute=config.permute, canonical_first=True, multiplicative_noise=config.noise,
