@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "sane.commands.sample",
     "sane.commands.analyze",
     "sane.commands.demo",
+    "sane.commands.reproduce",
 )
 
 

@@ -210,6 +210,18 @@ PRESETS: dict[str, Preset] = {
             epochs=5,
         ),
     ),
+    "digits-cnn-s-hyp": Preset(
+        "CNN-s hyperparameter zoo on the embedded digits (resized to 28x28): 10 seeds x 3 "
+        "activations x 2 inits x 2 learning rates, Adam, batch 32, 10 epochs, in random order "
+        "(a zoo of 40 trains in under a minute)",
+        PopulationConfig(
+            dataset=DataConfig(name="digits"),
+            space=SearchSpace(seed_range=(1, 10), activation=("tanh", "relu", "gelu"),
+                              init=("uniform", "kaiming_uniform"), lr=(3e-3, 1e-3),
+                              batch_size=(32,)),
+            mode="random", epochs=10,
+        ),
+    ),
     "fmnist-cnn-s-seed": Preset(
         "Model Zoos Fashion-MNIST CNN-s seed zoo: 1000 seeds, tanh, uniform init, Adam 3e-4, "
         "batch 10, 50 epochs",
