@@ -65,8 +65,9 @@ def prompt_rows(store: TokenStore, count: int, epoch: int | None) -> list[int]:
             rows.append(epochs[chosen])
         if len(rows) == count:
             return rows
-    raise ConfigError(f"{store.path}: {len(rows)} training models have epoch "
-                      f"{'stored' if epoch is None else epoch}; {count} prompts were asked for")
+    which = "in the store" if epoch is None else f"with epoch {epoch} in the store"
+    raise ConfigError(f"{store.path}: {len(rows)} training models are {which}; {count} "
+                      "prompts were asked for")
 
 
 def sample_from_run(

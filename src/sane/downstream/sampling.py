@@ -118,13 +118,20 @@ def sample_models(
         for round_index in range(config.rounds):
             if bank is not None:
                 latents = kde_sample(bank, config.samples, config.bandwidth, generator)
-            tokens = model.decode_sequence(latents, positions)
-            states = [standardization.invert(detokenize(t, manifest)) for t in tokens]
-            scores = [_score(state, target, config, generator) for state in states]
-            best = sorted(range(len(scores)), key=lambda i: -scores[i])[: config.keep]
+            # One sample at a time, keeping only the best states: memory stays at ``keep``
+            # models however many are drawn (a ResNet-18 state is 45 MB).
+            scores, kept = [], []
+            for i in range(config.samples):
+                tokens = model.decode_sequence(latents[i : i + 1], positions)[0]
+                state = standardization.invert(detokenize(tokens, manifest))
+                scores.append(_score(state, target, config, generator))
+                kept = sorted([*kept, (-scores[i], i, state)], key=lambda k: k[:2])
+                kept = kept[: config.keep]
+            best = [i for _, i, _ in kept]
             history.append(_statistics(round_index + 1, scores, [scores[i] for i in best]))
             bank = latents[best]
-    return Samples([states[i] for i in best], [scores[i] for i in best], latents[best], history)
+    return Samples([state for _, _, state in kept], [scores[i] for i in best], latents[best],
+                   history)
 
 
 def _score(state: dict[str, torch.Tensor], target: Target, config: SamplingConfig,
