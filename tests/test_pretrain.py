@@ -171,3 +171,13 @@ def test_a_store_without_permutation_spec_needs_permute_off(store, tmp_path):
         pretrain(copy, tmp_path / "run", FAST, progress=False)
     config = PretrainConfig(epochs=1, batch_size=8, permute=False, model=FAST.model)
     assert pretrain(copy, tmp_path / "run", config, progress=False).config.token_size == 201
+
+
+def test_run_store_finds_the_store_of_a_run(store, run, tmp_path):
+    from sane.train.pretraining import run_store
+
+    out, _ = run
+    assert run_store(out).path.resolve() == store.path.resolve()
+    assert run_store(tmp_path, store.path).path == store.path
+    with pytest.raises(FormatError, match="is not a pretraining run"):
+        run_store(tmp_path)

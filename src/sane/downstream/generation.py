@@ -28,6 +28,7 @@ from sane.downstream.batchnorm import condition_batchnorm, has_batchnorm
 from sane.downstream.sampling import Samples, SamplingConfig, Target, sample_models
 from sane.errors import ConfigError
 from sane.model import SANE
+from sane.train.pretraining import run_store
 from sane.weights.store import TokenStore
 from sane.zoo import ArchConfig, Zoo, build_model
 
@@ -77,7 +78,7 @@ def sample_from_run(
     """Sample models for the zoo of ``store`` (default: the run's) with the SANE in ``run``."""
     config = config or SamplingConfig()
     model = SANE.from_pretrained(run)
-    tokens = TokenStore.open(store or atomic.read_json(Path(run) / "run.json")["store"])
+    tokens = run_store(run, store)
     target = zoo_target(tokens)
     rows = [] if config.prior_std is not None else prompt_rows(tokens, prompts, prompt_epoch)
     prompt_tokens = torch.tensor(tokens.tokens[rows]) if rows else None

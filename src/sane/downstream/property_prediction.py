@@ -21,7 +21,7 @@ from sane.downstream.features import store_features
 from sane.downstream.probes import markdown_table, probe_table
 from sane.errors import FormatError
 from sane.model import SANE
-from sane.weights.store import TokenStore
+from sane.train.pretraining import run_store
 
 PROPERTIES = ("test_acc", "epoch", "ggap")
 FEATURES = ("SANE", "W", "sW-layer")
@@ -41,12 +41,10 @@ def predict_properties(
     ``run`` is a pretraining run directory (needed for ``"SANE"``); ``store`` defaults to the
     store the run was trained on. Returns the rows of :func:`probe_table`.
     """
+    if run is None and store is None:
+        raise FormatError("give a pretraining run or a token store")
     model = None if run is None else SANE.from_pretrained(run)
-    if store is None:
-        if run is None:
-            raise FormatError("give a pretraining run or a token store")
-        store = atomic.read_json(Path(run) / "run.json")["store"]
-    tokens = TokenStore.open(store)
+    tokens = run_store(run, store)
     for name in properties:
         tokens.property(name)  # unknown names fail before any work
     values = store_features(tokens, features, model, progress=progress)

@@ -135,6 +135,20 @@ def load_pretrain_config(source: str | Path | None = None, **overrides: Any) -> 
     return PretrainConfig(**values)
 
 
+def run_store(run: str | Path, store: str | Path | None = None) -> TokenStore:
+    """``store`` when given, else the token store the pretraining run ``run`` was trained on."""
+    if store is None:
+        file = Path(run) / RUN_FILE
+        if not file.is_file():
+            raise FormatError(f"{run} is not a pretraining run: {RUN_FILE} not found "
+                              "(give the token store with --store)")
+        meta = atomic.read_json(file)
+        if not isinstance(meta, dict) or not isinstance(meta.get("store"), str):
+            raise FormatError(f"{file}: no store path")
+        store = meta["store"]
+    return TokenStore.open(store)
+
+
 def model_config(config: PretrainConfig, store: TokenStore) -> SANEConfig:
     """The preset's shape with ``config.model``'s overrides; token size and position ranges
     from ``store`` unless overridden."""
