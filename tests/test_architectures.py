@@ -102,3 +102,11 @@ def test_config_dict_round_trip_and_unknown_keys():
     assert ArchConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ConfigError, match="unknown architecture keys"):
         ArchConfig.from_dict({"name": "cnn_s", "depth": 3})
+
+
+def test_input_shape_of_2d_and_1d_architectures():
+    from sane.zoo.architectures import input_shape
+
+    assert input_shape(ArchConfig(name="cnn_s")) == (1, 28, 28)
+    assert input_shape(ArchConfig(name="cnn1d", input_size=40)) == (1, 40)
+    assert input_shape(ArchConfig(name="resnet18", in_channels=3, input_size=32)) == (3, 32, 32)

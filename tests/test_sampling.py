@@ -144,3 +144,14 @@ def test_sane_sample_end_to_end(tiny_run, tmp_path, capsys):
     assert "| round | mean |" in capsys.readouterr().out
     assert main(["sample", str(tiny_run[0]), "--out", str(tmp_path / "x"), "--prompts", "99"]) == 2
     assert "99 prompts were asked for" in capsys.readouterr().err
+
+
+def test_sampling_for_a_new_task_scores_on_that_dataset(tiny_run, tmp_path):
+    from sane.downstream.generation import sample_from_run
+
+    config = SamplingConfig(samples=3, keep=1)
+    sample_from_run(tiny_run[0], tmp_path / "a", prompts=2, config=config, dataset="digits")
+    report = json.loads((tmp_path / "a" / "samples.json").read_text())
+    assert report["dataset"] == "digits" and len(report["prompts"]) == 2
+    with pytest.raises(ConfigError, match="'mnist1d' cannot feed the zoo's cnn_s"):
+        sample_from_run(tiny_run[0], tmp_path / "b", config=config, dataset="mnist1d")

@@ -28,6 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sample.add_argument("--bandwidth", type=float, default=0.2, help="KDE bandwidth")
     sample.add_argument("--prior-std", type=float,
                         help="start from N(0, STD²) latents instead of prompts")
+    sample.add_argument("--dataset",
+                        help="score and condition on another dataset of the same input shape "
+                        "and classes (transfer to a new task; default: the zoo's dataset)")
+    sample.add_argument("--root", help="directory of --dataset's files")
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(handler=_sample)
 
@@ -39,6 +43,7 @@ def _sample(args: argparse.Namespace) -> None:
     config = SamplingConfig(samples=args.samples, keep=args.keep, rounds=args.rounds,
                             bandwidth=args.bandwidth, prior_std=args.prior_std, seed=args.seed)
     sample_from_run(args.run, args.out, store=args.store, prompts=args.prompts,
-                    prompt_epoch=args.prompt_epoch, config=config)
+                    prompt_epoch=args.prompt_epoch, config=config, dataset=args.dataset,
+                    root=args.root)
     print((args.out / "samples.md").read_text().rstrip())
     print(f"models: {args.out}/sample_*.safetensors, report: {args.out / 'samples.json'}")

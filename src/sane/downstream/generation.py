@@ -31,15 +31,32 @@ from sane.model import SANE
 from sane.train.pretraining import run_store
 from sane.weights.store import TokenStore
 from sane.zoo import ArchConfig, Zoo, build_model
+from sane.zoo.architectures import input_shape
 
 
-def zoo_target(store: TokenStore, *, batch_size: int = 1000) -> Target:
-    """The zoo's architecture and dataset as a sampling target (validation accuracy)."""
+def zoo_target(store: TokenStore, *, dataset: str | None = None, root: str | None = None,
+               batch_size: int = 1000) -> Target:
+    """The zoo's architecture as a sampling target, scored by validation accuracy on the
+    zoo's own dataset or, for a new task, on ``dataset`` (read from ``root``), resized and
+    converted to the architecture's input; it must have as many classes."""
     arch = ArchConfig.from_dict(store.meta["architecture"])
-    info = Zoo.open(store.meta["zoo"]).dataset
-    ds = load_dataset(info["name"], info.get("root"), size=info.get("size"),
-                      grayscale=info.get("grayscale", False),
-                      val_fraction=info.get("val_fraction", 1 / 6), seed=info.get("seed", 0))
+    if dataset is None:
+        info = Zoo.open(store.meta["zoo"]).dataset
+        ds = load_dataset(info["name"], info.get("root"), size=info.get("size"),
+                          grayscale=info.get("grayscale", False),
+                          val_fraction=info.get("val_fraction", 1 / 6), seed=info.get("seed", 0))
+    else:
+        expected = input_shape(arch)
+        mismatch = (f"dataset {dataset!r} cannot feed the zoo's {arch.name}, which takes "
+                    f"{arch.num_classes} classes of inputs {list(expected)}")
+        try:
+            ds = load_dataset(dataset, root, size=None if len(expected) == 2
+                              else arch.input_size, grayscale=arch.in_channels == 1)
+        except ConfigError as error:
+            raise ConfigError(f"{mismatch}: {error}") from error
+        if ds.input_shape != expected or ds.num_classes != arch.num_classes:
+            raise ConfigError(f"{mismatch}: it gives {ds.num_classes} classes of inputs "
+                              f"{list(ds.input_shape)}")
 
     @torch.no_grad()
     def accuracy(net: nn.Module) -> float:
@@ -74,12 +91,14 @@ def prompt_rows(store: TokenStore, count: int, epoch: int | None) -> list[int]:
 def sample_from_run(
     run: str | Path, out: str | Path, *, store: str | Path | None = None, prompts: int = 5,
     prompt_epoch: int | None = None, config: SamplingConfig | None = None,
+    dataset: str | None = None, root: str | None = None,
 ) -> Samples:
-    """Sample models for the zoo of ``store`` (default: the run's) with the SANE in ``run``."""
+    """Sample models for the zoo of ``store`` (default: the run's) with the SANE in ``run``;
+    for a new task, score them on ``dataset`` (see :func:`zoo_target`)."""
     config = config or SamplingConfig()
     model = SANE.from_pretrained(run)
     tokens = run_store(run, store)
-    target = zoo_target(tokens)
+    target = zoo_target(tokens, dataset=dataset, root=root)
     rows = [] if config.prior_std is not None else prompt_rows(tokens, prompts, prompt_epoch)
     prompt_tokens = torch.tensor(tokens.tokens[rows]) if rows else None
     samples = sample_models(model, prompt_tokens, tokens.positions, tokens.manifest,
@@ -91,7 +110,7 @@ def sample_from_run(
         atomic.save_tensors(out / f"sample_{i:03d}.safetensors", state)
     report: dict[str, Any] = {
         "run": str(Path(run).resolve()), "store": str(tokens.path.resolve()),
-        "config": dataclasses.asdict(config),
+        "config": dataclasses.asdict(config), "dataset": dataset or "the zoo's",
         "prompts": [{"model": tokens.rows[r][0], "epoch": tokens.rows[r][1], "score": s}
                     for r, s in zip(rows, prompt_scores)],
         "samples": [{"file": f"sample_{i:03d}.safetensors", "score": s}

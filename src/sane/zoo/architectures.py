@@ -138,6 +138,14 @@ def state_layout(config: ArchConfig) -> tuple[tuple[str, tuple[int, ...], torch.
     return _state_layout(json.dumps(config.to_dict(), sort_keys=True))
 
 
+def input_shape(config: ArchConfig) -> tuple[int, ...]:
+    """The shape of one input: ``(channels, length)`` for 1-D convolutions, else
+    ``(channels, size, size)``."""
+    one_dim = any(isinstance(m, nn.Conv1d) for m in build_model(config).modules())
+    sides = (config.input_size,) * (1 if one_dim else 2)
+    return (config.in_channels, *sides)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from sane.data import load_dataset
 from sane.errors import ConfigError
-from sane.zoo.architectures import build_model
+from sane.zoo.architectures import build_model, input_shape
 from sane.zoo.config import PopulationConfig, enumerate_models
 from sane.zoo.population import (
     SingleNet,
@@ -147,12 +147,11 @@ def plan_groups(entries: Sequence[ModelEntry], group_size: Callable[[int], int]
 def load_training_data(config: PopulationConfig) -> TrainingData:
     """Load the dataset of ``config``, check it fits the architecture, keep ``train_size``."""
     d, arch = config.dataset, config.architecture
-    one_dim = any(isinstance(m, nn.Conv1d) for m in build_model(arch).modules())
+    expected = input_shape(arch)
+    one_dim = len(expected) == 2
     size = d.size if d.size is not None or one_dim else arch.input_size
     ds = load_dataset(d.name, d.root, size=size, grayscale=d.grayscale,
                       val_fraction=d.val_fraction, seed=d.seed)
-    spatial = (arch.input_size,) if one_dim else (arch.input_size, arch.input_size)
-    expected = (arch.in_channels, *spatial)
     if ds.input_shape != expected:
         raise ConfigError(
             f"dataset {d.name!r} gives inputs of shape {list(ds.input_shape)}, but architecture "
