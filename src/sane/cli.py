@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "sane.commands.pretrain",
     "sane.commands.probe",
     "sane.commands.sample",
+    "sane.commands.finetune",
     "sane.commands.analyze",
     "sane.commands.demo",
     "sane.commands.reproduce",

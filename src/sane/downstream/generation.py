@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from sane import atomic
-from sane.data import load_dataset
+from sane.data import Dataset, load_dataset
 from sane.downstream.batchnorm import condition_batchnorm, has_batchnorm
 from sane.downstream.sampling import Samples, SamplingConfig, Target, sample_models
 from sane.errors import ConfigError
@@ -34,11 +34,11 @@ from sane.zoo import ArchConfig, Zoo, build_model
 from sane.zoo.architectures import input_shape
 
 
-def zoo_target(store: TokenStore, *, dataset: str | None = None, root: str | None = None,
-               batch_size: int = 1000) -> Target:
-    """The zoo's architecture as a sampling target, scored by validation accuracy on the
-    zoo's own dataset or, for a new task, on ``dataset`` (read from ``root``), resized and
-    converted to the architecture's input; it must have as many classes."""
+def target_data(store: TokenStore, dataset: str | None = None, root: str | None = None
+                ) -> tuple[ArchConfig, Dataset]:
+    """The zoo's architecture and the data of its task: the zoo's own dataset or, for a new
+    task, ``dataset`` (read from ``root``), resized and converted to the architecture's
+    input; it must have as many classes."""
     arch = ArchConfig.from_dict(store.meta["architecture"])
     if dataset is None:
         info = Zoo.open(store.meta["zoo"]).dataset
@@ -57,15 +57,25 @@ def zoo_target(store: TokenStore, *, dataset: str | None = None, root: str | Non
         if ds.input_shape != expected or ds.num_classes != arch.num_classes:
             raise ConfigError(f"{mismatch}: it gives {ds.num_classes} classes of inputs "
                               f"{list(ds.input_shape)}")
+    return arch, ds
 
-    @torch.no_grad()
-    def accuracy(net: nn.Module) -> float:
-        x, y = ds.val.x, ds.val.y
+
+def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """The fraction of ``x`` that ``net`` (in eval mode) classifies as ``y``."""
+    net.eval()
+    with torch.no_grad():
         hits = sum(int((net(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
                    for i in range(0, len(y), batch_size))
-        return hits / len(y)
+    return hits / len(y)
 
-    return Target(build=lambda: build_model(arch, seed=0), score=accuracy, images=ds.train.x)
+
+def zoo_target(store: TokenStore, *, dataset: str | None = None, root: str | None = None
+               ) -> Target:
+    """The zoo's architecture as a sampling target, scored by validation accuracy on the data
+    of :func:`target_data`."""
+    arch, ds = target_data(store, dataset, root)
+    return Target(build=lambda: build_model(arch, seed=0),
+                  score=lambda net: accuracy(net, ds.val.x, ds.val.y), images=ds.train.x)
 
 
 def prompt_rows(store: TokenStore, count: int, epoch: int | None) -> list[int]:

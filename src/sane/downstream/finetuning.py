@@ -1,0 +1,105 @@
+"""Fine-tuning evaluation (SANE §5.2): how sampled models train on, against the same
+architecture from a random initialization and against the prompt (zoo) models.
+
+Every model trains the same way: Adam, cross-entropy, ``epochs`` passes over the target's
+training split in a seeded order (the same order for every model), validation accuracy after
+each epoch (epoch 0 = as sampled). Batch-norm models train with their conditioned statistics as
+the starting point.
+
+::
+
+    SAMPLES/finetune.json   settings and, per group, every model's accuracy per epoch
+    SAMPLES/finetune.md     mean (and best) validation accuracy per epoch and group
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from sane import atomic
+from sane.downstream.generation import accuracy, target_data
+from sane.errors import ConfigError, FormatError
+from sane.model.sane import load_checked
+from sane.train.pretraining import run_store
+from sane.zoo import build_model
+
+
+def train_and_track(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
+                    val: tuple[torch.Tensor, torch.Tensor], *, epochs: int, lr: float,
+                    batch_size: int, seed: int) -> list[float]:
+    """Train ``net`` in place; validation accuracy before training and after each epoch."""
+    x, y = train
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    history = [accuracy(net, *val)]
+    for epoch in range(1, epochs + 1):
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + epoch))
+        net.train()
+        for i in range(0, len(y), batch_size):
+            index = order[i : i + batch_size]
+            if len(index) < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                      for m in net.modules()):
+                continue  # batch norm cannot train on a batch of one
+            loss = F.cross_entropy(net(x[index]), y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        history.append(accuracy(net, *val))
+    return history
+
+
+def finetune_samples(samples: str | Path, *, epochs: int = 5, lr: float = 1e-3,
+                     batch_size: int = 32, seed: int = 0) -> dict[str, Any]:
+    """Fine-tune the models of a ``sane sample`` output directory, the prompts it names and
+    as many randomly initialized models; writes ``finetune.json`` and ``finetune.md``."""
+    if epochs < 1 or lr <= 0 or batch_size < 1:
+        raise ConfigError("fine-tuning needs epochs >= 1, lr > 0 and batch_size >= 1")
+    samples = Path(samples)
+    file = samples / "samples.json"
+    if not file.is_file():
+        raise FormatError(f"{samples} holds no sampled models: samples.json not found "
+                          "(run `sane sample RUN --out DIR` first)")
+    report = atomic.read_json(file)
+    store = run_store(report["run"], report["store"])
+    dataset = None if report.get("dataset") in (None, "the zoo's") else report["dataset"]
+    arch, ds = target_data(store, dataset)
+    train, val = (ds.train.x, ds.train.y), (ds.val.x, ds.val.y)
+
+    def track(net: nn.Module) -> list[float]:
+        return train_and_track(net, train, val, epochs=epochs, lr=lr, batch_size=batch_size,
+                               seed=seed)
+
+    groups: dict[str, list[list[float]]] = {"sampled": [], "random init": [], "prompts": []}
+    for entry in report["samples"]:
+        net = build_model(arch)
+        load_checked(net, load_file(str(samples / entry["file"])), str(samples / entry["file"]))
+        groups["sampled"].append(track(net))
+    for i in range(len(report["samples"])):
+        groups["random init"].append(track(build_model(arch, seed=seed + i)))
+    rows = {(m, e): r for r, (m, e, _) in enumerate(store.rows)}
+    for prompt in report["prompts"]:
+        net = build_model(arch)
+        net.load_state_dict(store.state_dict(rows[prompt["model"], prompt["epoch"]]))
+        groups["prompts"].append(track(net))
+    groups = {name: runs for name, runs in groups.items() if runs}
+    result = {"samples": str(samples.resolve()), "epochs": epochs, "lr": lr,
+              "batch_size": batch_size, "seed": seed, "accuracy": groups}
+    atomic.write_json(samples / "finetune.json", result)
+    atomic.write_text(samples / "finetune.md", _markdown(groups, epochs))
+    return result
+
+
+def _markdown(groups: dict[str, list[list[float]]], epochs: int) -> str:
+    lines = ["# Fine-tuning: validation accuracy, mean (best) over the models of each group", "",
+             "| epoch | " + " | ".join(f"{g} ({len(r)})" for g, r in groups.items()) + " |",
+             "|---:|" + "---:|" * len(groups)]
+    for e in range(epochs + 1):
+        cells = [f"{sum(r[e] for r in runs) / len(runs):.3f} ({max(r[e] for r in runs):.3f})"
+                 for runs in groups.values()]
+        lines.append(f"| {e} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,53 @@
+"""Fine-tuning evaluation of sampled models (`sane finetune`)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sane.cli import main
+from sane.data import load_dataset
+from sane.downstream.finetuning import finetune_samples, train_and_track
+from sane.downstream.generation import sample_from_run
+from sane.downstream.sampling import SamplingConfig
+from sane.errors import ConfigError, FormatError
+from sane.zoo import ArchConfig, build_model
+
+
+@pytest.fixture(scope="module")
+def samples(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("samples")
+    sample_from_run(tiny_run[0], out, prompts=2, config=SamplingConfig(samples=4, keep=2))
+    return out
+
+
+def test_every_group_trains_the_same_way_from_its_own_start(samples):
+    result = finetune_samples(samples, epochs=2, lr=3e-3)
+    groups = result["accuracy"]
+    assert {name: len(runs) for name, runs in groups.items()} == {
+        "sampled": 2, "random init": 2, "prompts": 2}
+    assert all(len(run) == 3 for runs in groups.values() for run in runs)  # epochs 0, 1, 2
+    recorded = json.loads((samples / "samples.json").read_text())
+    # Epoch 0 is the model as sampled (CNN-s has no batch norm to re-estimate).
+    assert [run[0] for run in groups["sampled"]] == [s["score"] for s in recorded["samples"]]
+    assert [run[0] for run in groups["prompts"]] == [p["score"] for p in recorded["prompts"]]
+    table = (samples / "finetune.md").read_text()
+    assert "| epoch | sampled (2) | random init (2) | prompts (2) |" in table
+
+
+def test_training_improves_a_trainable_model():
+    ds = load_dataset("digits", size=28)
+    net = build_model(ArchConfig(name="cnn_s", init="kaiming_uniform", activation="relu"), seed=0)
+    history = train_and_track(net, (ds.train.x, ds.train.y), (ds.val.x, ds.val.y), epochs=2,
+                              lr=3e-3, batch_size=32, seed=0)
+    assert len(history) == 3 and history[2] > history[0] + 0.4
+
+
+def test_finetune_errors(samples, tmp_path, capsys):
+    with pytest.raises(FormatError, match=r"samples\.json not found"):
+        finetune_samples(tmp_path)
+    with pytest.raises(ConfigError, match="epochs >= 1"):
+        finetune_samples(samples, epochs=0)
+    assert main(["finetune", str(samples), "--epochs", "1"]) == 0
+    assert "| 1 |" in capsys.readouterr().out
