@@ -66,8 +66,7 @@ def finetune_samples(samples: str | Path, *, epochs: int = 5, lr: float = 1e-3,
                           "(run `sane sample RUN --out DIR` first)")
     report = atomic.read_json(file)
     store = run_store(report["run"], report["store"])
-    dataset = None if report.get("dataset") in (None, "the zoo's") else report["dataset"]
-    arch, ds = target_data(store, dataset)
+    arch, ds = target_data(store, report.get("dataset"), report.get("root"))
     train, val = (ds.train.x, ds.train.y), (ds.val.x, ds.val.y)
 
     def track(net: nn.Module) -> list[float]:

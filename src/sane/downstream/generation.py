@@ -9,7 +9,8 @@ images. The prompt models are scored the same way, for comparison.
 
     OUT/
       sample_000.safetensors ...   the kept models, best first (state dicts, aligned frame)
-      samples.json                 settings, prompts, scores of samples and prompts, rounds
+      samples.json                 settings (a new task's dataset, None for the zoo's),
+                                   prompts, scores of samples and prompts, rounds
       samples.md                   the same as a table
 """
 
@@ -120,7 +121,7 @@ def sample_from_run(
         atomic.save_tensors(out / f"sample_{i:03d}.safetensors", state)
     report: dict[str, Any] = {
         "run": str(Path(run).resolve()), "store": str(tokens.path.resolve()),
-        "config": dataclasses.asdict(config), "dataset": dataset or "the zoo's",
+        "config": dataclasses.asdict(config), "dataset": dataset, "root": root,
         "prompts": [{"model": tokens.rows[r][0], "epoch": tokens.rows[r][1], "score": s}
                     for r, s in zip(rows, prompt_scores)],
         "samples": [{"file": f"sample_{i:03d}.safetensors", "score": s}
