@@ -40,16 +40,13 @@ def sane_embeddings(
     return out
 
 
-def baseline_features(store: TokenStore, name: str) -> np.ndarray:
+def baseline_features(store: TokenStore, name: str,
+                      states: Sequence[dict[str, torch.Tensor]] | None = None) -> np.ndarray:
     """``[M, F]``: the baseline ``name`` (a key of :data:`sane.weights.BASELINES`) of every
-    checkpoint of ``store``."""
-    if name not in BASELINES:
-        raise ConfigError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
-    size = len(store.rows) * int(store.mask.sum()) * 8
-    if name == "W" and size > MAX_BASELINE_BYTES:
-        raise ConfigError(f"the W baseline of {store.path} would need {size / 2**30:.1f} GiB; "
-                          "leave it out of the feature sets")
-    states = [store.state_dict(row) for row in range(len(store.rows))]
+    checkpoint of ``store``; ``states`` are those checkpoints when already rebuilt."""
+    _check_baseline(store, name)
+    if states is None:
+        states = _checkpoints(store)
     return BASELINES[name](states, include_batchnorm=store.settings.include_batchnorm)
 
 
@@ -58,12 +55,30 @@ def store_features(
     progress: bool = True,
 ) -> dict[str, np.ndarray]:
     """``{name: [M, F]}`` for each name: ``"SANE"`` (needs ``model``) or a baseline."""
+    for name in names:  # refuse what cannot be computed before any work
+        if name == "SANE" and model is None:
+            raise ConfigError("the SANE features need a pretrained model")
+        if name != "SANE":
+            _check_baseline(store, name)
     features = {}
+    states = None  # rebuilt once, for all the baselines
     for name in names:
         if name == "SANE":
-            if model is None:
-                raise ConfigError("the SANE features need a pretrained model")
             features[name] = sane_embeddings(model, store, progress=progress)
         else:
-            features[name] = baseline_features(store, name)
+            states = states or _checkpoints(store)
+            features[name] = baseline_features(store, name, states)
     return features
+
+
+def _check_baseline(store: TokenStore, name: str) -> None:
+    if name not in BASELINES:
+        raise ConfigError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+    size = len(store.rows) * int(store.mask.sum()) * 8
+    if name == "W" and size > MAX_BASELINE_BYTES:
+        raise ConfigError(f"the W baseline of {store.path} would need {size / 2**30:.1f} GiB; "
+                          "leave it out of the feature sets")
+
+
+def _checkpoints(store: TokenStore) -> list[dict[str, torch.Tensor]]:
+    return [store.state_dict(row) for row in range(len(store.rows))]
