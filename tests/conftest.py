@@ -34,3 +34,15 @@ def tiny_run(random_store, tmp_path_factory) -> tuple[Path, SANE]:
     out = tmp_path_factory.mktemp("run")
     config = PretrainConfig(epochs=1, batch_size=8, model={"d_model": 32, "n_layers": 1})
     return out, pretrain(random_store.path, out, config, progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory) -> TokenStore:
+    """An aligned token store of the ``digits-cnn-s`` zoo trained for 3 epochs: 8 CNN-s, tanh
+    and relu (a mixed-activation zoo), trained well above chance."""
+    from sane.zoo import load_config, train_population
+
+    zoo = train_population(load_config("digits-cnn-s", epochs=3),
+                           tmp_path_factory.mktemp("digits-zoo"), progress=False)
+    return prepare_store(zoo.path, tmp_path_factory.mktemp("digits-store"),
+                         StoreSettings(align=True), progress=False)

@@ -10,7 +10,7 @@ from sane.cli import main
 def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     report = (tmp_path / "report.md").read_text()
-    assert "48 checkpoints × 48 tokens × 201 values" in report  # 8 models × epochs 0..5
+    assert "72 checkpoints × 48 tokens × 201 values" in report  # 12 models × epochs 0..5
     assert (tmp_path / "zoo" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "30 epochs: validation reconstruction loss" in report
     assert "| property | SANE | W | sW-layer |" in report

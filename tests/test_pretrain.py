@@ -58,6 +58,28 @@ def test_pretraining_learns_and_leaves_a_loadable_model(run):
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_every_epoch_decodes_whole_models_and_the_last_measures_accuracy(run):
+    out, _ = run
+    epochs = history(out)
+    assert all(-10 < r["train_model_r2"] <= 1 and -10 < r["val_model_r2"] <= 1 for r in epochs)
+    assert [("fidelity" in r) for r in epochs] == [False, False, True]
+    fidelity = epochs[-1]["fidelity"]
+    assert set(fidelity) == {"train", "val"}
+    train = fidelity["train"]
+    assert train["models"] == 8 and len(train["layer_r2"]) == 5  # each model's last epoch
+    assert train["r2"] == pytest.approx(epochs[-1]["train_model_r2"])
+    assert 0 <= train["decoded_accuracy"] <= 1 and 0 <= train["accuracy"] <= 1
+    assert "## Reconstruction by function" in (out / "report.md").read_text()
+
+
+def test_bf16_autocast_trains(store, tmp_path):
+    config = PretrainConfig(epochs=1, batch_size=8, precision="bf16", model=FAST.model)
+    pretrain(store.path, tmp_path / "run", config, progress=False)
+    assert 0 < history(tmp_path / "run")[0]["train_reconstruction"] < 10
+    with pytest.raises(ConfigError, match="precision must be"):
+        PretrainConfig(precision="fp16")
+
+
 def test_same_seed_gives_the_same_weights_and_a_rerun_changes_nothing(store, run, tmp_path):
     out, _ = run
     again = tmp_path / "again"
@@ -167,9 +189,10 @@ def test_a_store_without_permutation_spec_needs_permute_off(store, tmp_path):
     shutil.copytree(store.path, copy)
     meta = json.loads((copy / "store.json").read_text())
     (copy / "store.json").write_text(json.dumps({**meta, "permutation_spec": None}))
+    permuted = PretrainConfig(epochs=1, batch_size=8, permute=True, model=FAST.model)
     with pytest.raises(ConfigError, match="set `permute = false`"):
-        pretrain(copy, tmp_path / "run", FAST, progress=False)
-    config = PretrainConfig(epochs=1, batch_size=8, permute=False, model=FAST.model)
+        pretrain(copy, tmp_path / "run", permuted, progress=False)
+    config = PretrainConfig(epochs=1, batch_size=8, model=FAST.model)
     assert pretrain(copy, tmp_path / "run", config, progress=False).config.token_size == 201
 
 

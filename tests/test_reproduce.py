@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -25,7 +26,8 @@ def test_reproduction_writes_every_table_and_resumes(tmp_path, capsys):
     assert "| test_acc |" in report and "| prior + bootstrapping |" in report
     assert "| log_spectral_norm |" in report
     for folder in ("samples-subsampling", "samples-bootstrapping", "samples-prior-bootstrapping"):
-        assert len(list((tmp_path / folder).glob("sample_*.safetensors"))) == 2
+        groups = json.loads((tmp_path / folder / "samples.json").read_text())["architectures"]
+        assert len(list((tmp_path / folder).glob("sample_*.safetensors"))) == 2 * len(groups)
     state = tmp_path / "sane" / "training.safetensors"
     stamp = state.stat().st_mtime_ns
     run_reproduction(tmp_path, TINY, progress=False)  # a rerun trains nothing again

@@ -19,6 +19,7 @@ from sane.downstream import (
     kde_sample,
     sample_models,
 )
+from sane.downstream.sampling import latent_spread
 from sane.errors import ConfigError, FormatError
 from sane.weights import fit_standardization, tokenize
 from sane.zoo import ArchConfig, build_model
@@ -26,21 +27,26 @@ from sane.zoo import ArchConfig, build_model
 ARCH = ArchConfig(name="cnn_s")
 
 
-def test_every_token_draws_its_own_prompt_and_noise():
+def test_each_draw_is_one_prompt_plus_independent_noise():
     g = torch.Generator().manual_seed(0)
     prompts = torch.randn(4, 48, 3, generator=g)
-    exact = kde_sample(prompts, 6, 0.0, torch.Generator().manual_seed(1))
-    # With no noise each token is one prompt's token at that position...
-    match = (exact[:, None] == prompts[None]).all(-1)  # [6, 4, 48]
-    assert match.any(1).all()
-    # ...and the prompt differs from token to token (the reference picked one per sample).
-    source = match.float().argmax(1)
-    assert all(len(set(row.tolist())) > 1 for row in source)
+    exact = kde_sample(prompts, 20, 0.0, torch.Generator().manual_seed(1))
+    # With no noise every sample is one prompt's whole latent sequence...
+    whole = (exact[:, None] == prompts[None]).flatten(2).all(-1)  # [20, 4]
+    assert whole.sum(1).tolist() == [1] * 20
+    assert len(set(whole.float().argmax(1).tolist())) > 1  # ...not always the same one
     noisy = kde_sample(torch.zeros(1, 48, 3), 200, 0.5, torch.Generator().manual_seed(2))
     assert noisy.std().item() == pytest.approx(0.5, rel=0.05)
-    assert not torch.allclose(noisy[:, 0], noisy[:, 1])  # no shared noise across tokens
+    assert not torch.allclose(noisy[:, 0], noisy[:, 1])  # independent across tokens
     assert torch.equal(kde_sample(prompts, 6, 0.2, torch.Generator().manual_seed(3)),
                        kde_sample(prompts, 6, 0.2, torch.Generator().manual_seed(3)))
+
+
+def test_latent_spread_is_the_mean_per_dimension_standard_deviation():
+    z = torch.stack([torch.tensor([[0.0, 10.0], [2.0, 10.0]]),
+                     torch.tensor([[4.0, 14.0], [6.0, 14.0]])])  # [E=2, N=2, d_z=2]
+    # dimension 0: values 0, 2, 4, 6 (std sqrt(5)); dimension 1: 10, 10, 14, 14 (std 2)
+    assert latent_spread(z) == pytest.approx((5**0.5 + 2) / 2)
 
 
 class IdentityAutoencoder:
@@ -89,6 +95,14 @@ def test_bootstrapping_returns_the_best_of_the_last_round_sorted():
                     images=torch.zeros(4, 1, 28, 28))
     out = sample_models(IdentityAutoencoder(201), prompts, positions, manifest, standardization,
                         target, SamplingConfig(samples=12, keep=4, rounds=3, bandwidth=0.3))
+    # The noise is relative to the spread of each round's prompts (the kept latents after
+    # the first round).
+    assert out.rounds[0]["noise_std"] == pytest.approx(0.3 * latent_spread(prompts))
+    assert out.rounds[-1]["noise_std"] > 0
+    absolute = sample_models(IdentityAutoencoder(201), prompts, positions, manifest,
+                             standardization, target,
+                             SamplingConfig(samples=2, keep=1, bandwidth=0.3, relative=False))
+    assert absolute.rounds[0]["noise_std"] == 0.3
     assert out.scores == sorted(out.scores, reverse=True)
     assert [r["round"] for r in out.rounds] == [1, 2, 3]
     assert out.scores[0] == pytest.approx(out.rounds[-1]["best"])
@@ -137,11 +151,14 @@ def test_sane_sample_end_to_end(tiny_run, tmp_path, capsys):
     report = json.loads((out / "samples.json").read_text())
     scores = [s["score"] for s in report["samples"]]
     assert len(scores) == 2 and scores == sorted(scores, reverse=True)
-    assert all(0 <= s <= 1 for s in scores) and len(report["rounds"]) == 2
+    assert all(0 <= s <= 1 for s in scores)
+    [group] = report["architectures"]
+    assert len(group["rounds"]) == 2 and group["rounds"][0]["noise_std"] > 0
+    assert set(group["memorization"]["baselines"]) == {"noised prompts", "prompt averages"}
     assert [p["epoch"] for p in report["prompts"]] == [2, 2, 2]
     net = build_model(ARCH)
     net.load_state_dict(load_file(str(out / "sample_000.safetensors")))
-    assert "| round | mean |" in capsys.readouterr().out
+    assert "| round | noise std | mean |" in capsys.readouterr().out
     assert main(["sample", str(tiny_run[0]), "--out", str(tmp_path / "x"), "--prompts", "99"]) == 2
     assert "99 prompts were asked for" in capsys.readouterr().err
 
@@ -155,3 +172,78 @@ def test_sampling_for_a_new_task_scores_on_that_dataset(tiny_run, tmp_path):
     assert report["dataset"] == "digits" and len(report["prompts"]) == 2
     with pytest.raises(ConfigError, match="'mnist1d' cannot feed the zoo's cnn_s"):
         sample_from_run(tiny_run[0], tmp_path / "b", config=config, dataset="mnist1d")
+
+
+class IdentitySANE:
+    """``SANE.from_pretrained`` stand-in whose model is :class:`IdentityAutoencoder`."""
+
+    @staticmethod
+    def from_pretrained(path):
+        return IdentityAutoencoder(201)
+
+
+def _val_acc(store, row):
+    from sane.zoo import Zoo
+
+    model_id, epoch, _ = store.rows[row]
+    return {r["epoch"]: r for r in Zoo.open(store.meta["zoo"]).metrics(model_id)}[epoch]["val_acc"]
+
+
+def test_coherent_draws_of_trained_prompts_score_as_their_prompt(trained_store, monkeypatch,
+                                                                 tmp_path):
+    """An exact autoencoder and no noise: every sample is one whole prompt, in its own
+    architecture (the zoo mixes tanh and relu), and scores what that prompt scored in
+    training; the memorization controls then see copies."""
+    from sane.downstream import generation
+
+    monkeypatch.setattr(generation, "SANE", IdentitySANE)
+    report = generation.sample_from_run(
+        tmp_path / "run", tmp_path / "out", store=trained_store.path, prompts=5,
+        config=SamplingConfig(samples=6, keep=3, bandwidth=0.0))
+    rows = {(m, e): r for r, (m, e, _) in enumerate(trained_store.rows)}
+    archs = {g["index"]: ArchConfig.from_dict(g["architecture"]) for g in report["architectures"]}
+    activations = {i: arch.activation for i, arch in archs.items()}
+    assert sorted(activations.values()) == ["relu", "tanh"]
+    for prompt in report["prompts"]:
+        row = rows[prompt["model"], prompt["epoch"]]
+        assert trained_store.architecture(row).activation == activations[prompt["architecture"]]
+        assert prompt["score"] == pytest.approx(_val_acc(trained_store, row), abs=0.01)
+    assert min(p["score"] for p in report["prompts"]) > 0.3  # trained, far above chance
+    for sample in report["samples"]:
+        prompt = next(p for p in report["prompts"] if p["model"] == sample["nearest_prompt"])
+        assert prompt["architecture"] == sample["architecture"]
+        assert sample["score"] == pytest.approx(prompt["score"], abs=1e-9)
+        assert sample["distance"] < 1e-3 and sample["agreement"] == 1.0
+        net = build_model(archs[sample["architecture"]])  # saved under its own keys
+        net.load_state_dict(load_file(str(tmp_path / "out" / sample["file"])))
+    for group in report["architectures"]:
+        baselines = group["memorization"]["baselines"]
+        # Copies are what the noised-prompt baseline is at distance zero.
+        assert baselines["noised prompts"]["samples_beat_it"] is False
+        assert len(baselines["prompt averages"]["scores"]) == 3
+    assert "do not beat the noised prompts baseline" in (tmp_path / "out" / "samples.md"
+                                                         ).read_text()
+
+
+def test_independent_tokens_make_a_patchwork_that_fails(trained_store):
+    """The measured reason for coherent draws: tokens taken each from another trained prompt
+    (the earlier sampler) make a network far worse than its prompts."""
+    from sane.downstream.generation import target_data, zoo_target
+    from sane.downstream.sampling import score_state
+    from sane.weights.tokenize import detokenize
+
+    data = target_data(trained_store)
+    rows = [r for r in trained_store.split_rows("train").tolist()
+            if trained_store.rows[r][1] == 3 and trained_store.architecture(r).activation == "relu"]
+    target = zoo_target(trained_store.architecture(rows[0]), data)
+    tokens = torch.tensor(trained_store.tokens[rows])
+    g = torch.Generator().manual_seed(0)
+    source = torch.randint(0, len(rows), (tokens.shape[1],), generator=g)
+    patchwork = tokens[source, torch.arange(tokens.shape[1])]
+
+    def score(t):
+        state = trained_store.standardization.invert(detokenize(t, trained_store.manifest))
+        return score_state(state, target, 1, g)
+
+    prompts = [score(t) for t in tokens]
+    assert score(patchwork) < min(prompts) - 0.1

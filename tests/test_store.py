@@ -1,5 +1,7 @@
 """Token store (`sane prepare`) and the window sampler."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -222,6 +224,26 @@ def test_hyperparameter_zoo_with_mixed_dropout_shares_one_store(tmp_path):
     rebuilt = store.state_dict(row)
     for key, value in expected.items():
         torch.testing.assert_close(rebuilt[key], value, rtol=1e-5, atol=1e-6)
+    # Every row records its own architecture and rebuilds into it, under its own keys.
+    assert len(store.architectures) == 4
+    for r, (m, _, _) in enumerate(store.rows):
+        assert store.architecture(r) == archs[int(m[1:])]
+    net = store.model(row)
+    assert net.module_list[4].weight.shape == (6, 8, 5, 5)  # conv after the dropout module
+    x = torch.randn(3, 1, 28, 28)
+    original = build_model(archs[1])
+    original.load_state_dict(own)
+    torch.testing.assert_close(net.eval()(x), original.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+def test_windows_carry_their_clean_version(store):
+    noisy = WindowConfig(window_size=12, batch_size=4, views=2, permute=False,
+                         multiplicative_noise=0.1)
+    clean = dataclasses.replace(noisy, multiplicative_noise=0.0)
+    a = next(WindowSampler(store, "train", noisy, seed=5).epoch(0))
+    b = next(WindowSampler(store, "train", clean, seed=5).epoch(0))
+    assert torch.equal(a.clean, b.tokens) and torch.equal(b.clean, b.tokens)
+    assert not torch.equal(a.tokens, a.clean)
 
 
 def test_canonical_first_view_is_the_stored_window_and_the_others_are_permuted(store):

@@ -2,7 +2,8 @@
 
 Stages (each resumable: a rerun reuses what is on disk):
 
-1. train the ``digits-cnn-s`` population (8 CNN-s, 5 epochs) into ``OUT/zoo``;
+1. train the ``digits-cnn-s-seed`` population (12 CNN-s that differ only in their seed,
+   5 epochs) into ``OUT/zoo``;
 2. summarize it (Markdown table, accuracy plot ``OUT/zoo/accuracy.png``);
 3. prepare an aligned token store in ``OUT/store`` (weight matching to one reference model,
    per-tensor standardization fitted on the training split);
@@ -38,8 +39,8 @@ def run_demo(out: str | Path, *, progress: bool = True) -> Path:
     from sane.zoo.summary import plot_accuracy, summary_table
 
     out = Path(out)
-    print("1/7 training the digits-cnn-s population")
-    zoo = train_population(load_config("digits-cnn-s"), out / "zoo", progress=progress)
+    print("1/7 training the digits-cnn-s-seed population")
+    zoo = train_population(load_config("digits-cnn-s-seed"), out / "zoo", progress=progress)
     print("2/7 summarizing the zoo")
     table = summary_table(zoo)
     plot_accuracy(zoo, zoo.path / "accuracy.png")
@@ -59,7 +60,7 @@ def run_demo(out: str | Path, *, progress: bool = True) -> Path:
     print("7/7 sampling new models around 5 prompt models")
     samples = sample_from_run(out / "sane", out / "samples",
                               config=SamplingConfig(samples=20, keep=5))
-    prompts = atomic.read_json(out / "samples" / "samples.json")["prompts"]
+    prompts = samples["prompts"]
     history = atomic.read_json(out / "sane" / "history.json")
     first, last = history[0], history[-1]
     report = "\n".join([
@@ -82,7 +83,7 @@ def run_demo(out: str | Path, *, progress: bool = True) -> Path:
         "validation split (a handful of models here: the figures are noisy).", "", probes, "",
         "## Sampled models", "",
         f"- 20 drawn around {len(prompts)} prompt models, the 5 best kept: validation accuracy "
-        + ", ".join(f"{s:.3f}" for s in samples.scores)
+        + ", ".join(f"{s['score']:.3f}" for s in samples["samples"])
         + " (prompts: " + ", ".join(f"{p['score']:.3f}" for p in prompts) + ")",
         "- a tiny SANE trained for seconds reconstructs weights too coarsely for good samples; "
         "[samples/samples.md](samples/samples.md)", "",

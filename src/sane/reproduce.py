@@ -104,13 +104,14 @@ def run_reproduction(out: str | Path, scale: Scale, *, progress: bool = True) ->
                 "|---|---:|---:|---:|---:|"]
     for name, sampling_config in protocols.items():
         folder = out / ("samples-" + name.replace(" + ", "-"))
-        samples = sample_from_run(out / "sane", folder, prompts=scale.prompts,
-                                  config=sampling_config)
-        prompts = [p["score"] for p in atomic.read_json(folder / "samples.json")["prompts"]]
+        report = sample_from_run(out / "sane", folder, prompts=scale.prompts,
+                                 config=sampling_config)
+        scores = [s["score"] for s in report["samples"]]
+        prompts = [p["score"] for p in report["prompts"]]
         prompt_cells = (f"{sum(prompts) / len(prompts):.3f} | {max(prompts):.3f}" if prompts
                         else "– | –")
-        sampling.append(f"| {name} | {sum(samples.scores) / len(samples.scores):.3f} | "
-                        f"{samples.scores[0]:.3f} | {prompt_cells} |")
+        sampling.append(f"| {name} | {sum(scores) / len(scores):.3f} | "
+                        f"{max(scores):.3f} | {prompt_cells} |")
     print("6/6 layer analysis")
     analyze(out / "sane", out / "analysis", progress=progress)
     report = "\n".join([

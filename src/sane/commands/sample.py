@@ -10,7 +10,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sample = subparsers.add_parser(
         "sample", help="sample new models from a pretrained SANE and keep the best",
         description="Embed a few prompt models (the first training-split models of the store), "
-        "draw latent sequences from a per-token KDE around them (or from a Gaussian prior), "
+        "draw latent sequences from a KDE around them (each draw one prompt's latents plus "
+        "Gaussian noise; or from a Gaussian prior), one architecture of prompts at a time, "
         "decode them into weights, condition batch norm on the zoo's training images, score "
         "them by validation accuracy and keep the best; with --rounds > 1 the kept latents "
         "become the next prompts.",
@@ -25,7 +26,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sample.add_argument("--samples", type=int, default=50, help="models drawn per round")
     sample.add_argument("--keep", type=int, default=10, help="best models kept per round")
     sample.add_argument("--rounds", type=int, default=1, help="bootstrapping rounds")
-    sample.add_argument("--bandwidth", type=float, default=0.2, help="KDE bandwidth")
+    sample.add_argument("--bandwidth", type=float,
+                        help="KDE bandwidth, relative to the prompts' latent spread (default "
+                        "0.1: noise of a tenth of the spread of each latent dimension)")
+    sample.add_argument("--absolute-bandwidth", action="store_true",
+                        help="--bandwidth is the noise standard deviation itself")
+    sample.add_argument("--best-prompts", action="store_true",
+                        help="take the most accurate training models as prompts, not the first")
     sample.add_argument("--prior-std", type=float,
                         help="start from N(0, STD²) latents instead of prompts")
     sample.add_argument("--dataset",
@@ -40,10 +47,12 @@ def _sample(args: argparse.Namespace) -> None:
     from sane.downstream.generation import sample_from_run
     from sane.downstream.sampling import SamplingConfig
 
+    bandwidth = {} if args.bandwidth is None else {"bandwidth": args.bandwidth}
     config = SamplingConfig(samples=args.samples, keep=args.keep, rounds=args.rounds,
-                            bandwidth=args.bandwidth, prior_std=args.prior_std, seed=args.seed)
+                            relative=not args.absolute_bandwidth, prior_std=args.prior_std,
+                            seed=args.seed, **bandwidth)
     sample_from_run(args.run, args.out, store=args.store, prompts=args.prompts,
-                    prompt_epoch=args.prompt_epoch, config=config, dataset=args.dataset,
-                    root=args.root)
+                    prompt_epoch=args.prompt_epoch, best_prompts=args.best_prompts,
+                    config=config, dataset=args.dataset, root=args.root)
     print((args.out / "samples.md").read_text().rstrip())
     print(f"models: {args.out}/sample_*.safetensors, report: {args.out / 'samples.json'}")

@@ -23,11 +23,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 from sane import atomic
-from sane.downstream.generation import accuracy, target_data
+from sane.downstream.generation import target_data
 from sane.errors import ConfigError, FormatError
 from sane.model.sane import load_checked
 from sane.train.pretraining import run_store
-from sane.zoo import build_model
+from sane.zoo import ArchConfig, build_model
+from sane.zoo.batchnorm import condition_batchnorm, has_batchnorm
+from sane.zoo.evaluation import accuracy
 
 
 def train_and_track(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
@@ -66,7 +68,9 @@ def finetune_samples(samples: str | Path, *, epochs: int = 5, lr: float = 1e-3,
                           "(run `sane sample RUN --out DIR` first)")
     report = atomic.read_json(file)
     store = run_store(report["run"], report["store"])
-    arch, ds = target_data(store, report.get("dataset"), report.get("root"))
+    ds = target_data(store, report.get("dataset"), report.get("root"))
+    archs = [ArchConfig.from_dict(a["architecture"]) for a in report["architectures"]]
+    arch_of = {a["index"]: arch for a, arch in zip(report["architectures"], archs)}
     train, val = (ds.train.x, ds.train.y), (ds.val.x, ds.val.y)
 
     def track(net: nn.Module) -> list[float]:
@@ -75,15 +79,17 @@ def finetune_samples(samples: str | Path, *, epochs: int = 5, lr: float = 1e-3,
 
     groups: dict[str, list[list[float]]] = {"sampled": [], "random init": [], "prompts": []}
     for entry in report["samples"]:
-        net = build_model(arch)
+        net = build_model(arch_of[entry["architecture"]])
         load_checked(net, load_file(str(samples / entry["file"])), str(samples / entry["file"]))
         groups["sampled"].append(track(net))
-    for i in range(len(report["samples"])):
-        groups["random init"].append(track(build_model(arch, seed=seed + i)))
+    for i, entry in enumerate(report["samples"]):
+        groups["random init"].append(track(build_model(arch_of[entry["architecture"]],
+                                                       seed=seed + i)))
     rows = {(m, e): r for r, (m, e, _) in enumerate(store.rows)}
     for prompt in report["prompts"]:
-        net = build_model(arch)
-        net.load_state_dict(store.state_dict(rows[prompt["model"], prompt["epoch"]]))
+        net = store.model(rows[prompt["model"], prompt["epoch"]])
+        if has_batchnorm(net) and not store.settings.include_batchnorm:
+            condition_batchnorm(net, ds.train.x, generator=torch.Generator().manual_seed(seed))
         groups["prompts"].append(track(net))
     groups = {name: runs for name, runs in groups.items() if runs}
     result = {"samples": str(samples.resolve()), "epochs": epochs, "lr": lr,

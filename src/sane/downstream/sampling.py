@@ -1,11 +1,17 @@
-"""Sampling new models with SANE (Algorithm 3): per-token KDE in latent space around a few
-prompt models, haloed decoding, batch-norm conditioning, and keeping the best by a cheap score
+"""Sampling new models with SANE (Algorithm 3): a KDE in latent space around a few prompt
+models, haloed decoding, batch-norm conditioning, and keeping the best by a cheap score
 (*subsampling*), optionally over several rounds whose best latents become the next prompts
 (*bootstrapping*), or starting from a Gaussian prior instead of prompts.
 
-Two defects of the reference code are fixed here: every token's draw is independent (the
-reference reused one random state per token, so all tokens of a sample picked the same
-prompt and the same noise), and the models returned are the best ones, sorted by score (the
+A draw is one prompt's whole latent sequence plus Gaussian noise, independent per token and
+latent dimension. Every token of a sample comes from the same prompt: a sample that takes each
+token from another prompt is a patchwork of rows of different networks, and scores at chance
+even with a perfect autoencoder (measured; the reference code's shared random state had the
+same one-prompt-per-sample effect). The noise is relative by default: its standard deviation
+is ``bandwidth`` times the prompts' *latent spread*, the standard deviation of each latent
+dimension over all prompts and tokens, averaged over dimensions, so that one setting fits
+SANEs whose latents have different scales (the reference code's fixed 0.2 exceeds the whole
+spread of small SANEs' latents). The models returned are the best ones, sorted by score (the
 reference returned the first models of the last bootstrapping draw, unsorted).
 """
 
@@ -17,25 +23,28 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sane.downstream.batchnorm import condition_batchnorm, has_batchnorm
 from sane.errors import ConfigError, FormatError
 from sane.model import SANE
 from sane.weights.manifest import TokenManifest
 from sane.weights.standardize import Standardization
 from sane.weights.tokenize import detokenize
+from sane.zoo.batchnorm import condition_batchnorm, has_batchnorm
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
     """``samples`` models drawn per round, the ``keep`` best kept; ``rounds`` > 1 bootstraps;
-    ``bandwidth`` the KDE's Gaussian kernel width in latent space; ``prior_std``, when set,
-    replaces the prompts of the first round by latents drawn from N(0, prior_std²);
-    ``bn_batches`` batches of conditioning data per sampled model (batch-norm models only)."""
+    ``bandwidth`` the KDE's Gaussian kernel width in latent space, relative to the prompts'
+    latent spread (:func:`latent_spread`) unless ``relative`` is False, then absolute;
+    ``prior_std``, when set, replaces the prompts of the first round by latents drawn from
+    N(0, prior_std²); ``bn_batches`` batches of conditioning data per sampled model
+    (batch-norm models only)."""
 
     samples: int = 50
     keep: int = 10
     rounds: int = 1
-    bandwidth: float = 0.2
+    bandwidth: float = 0.1
+    relative: bool = True
     prior_std: float | None = None
     bn_batches: int = 10
     seed: int = 0
@@ -52,7 +61,8 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class Target:
-    """What sampled models are for: ``build()`` a fresh model of the target architecture,
+    """What sampled models are for: ``build()`` a fresh model of the target architecture
+    (sampled state dicts are loaded into it by :func:`load_state`),
     ``score(model) -> float`` (higher is better, e.g. validation accuracy), ``images`` for
     batch-norm conditioning."""
 
@@ -64,7 +74,8 @@ class Target:
 @dataclass(frozen=True)
 class Samples:
     """The ``keep`` best models of the last round, best first: ``states``, their ``scores``
-    and ``latents [keep, N, d_z]``; ``rounds`` holds per-round score statistics."""
+    and ``latents [keep, N, d_z]``; ``rounds`` holds per-round score statistics and the
+    absolute noise standard deviation used (``noise_std``)."""
 
     states: list[dict[str, torch.Tensor]]
     scores: list[float]
@@ -72,14 +83,20 @@ class Samples:
     rounds: list[dict[str, float]]
 
 
-def kde_sample(prompts: torch.Tensor, count: int, bandwidth: float,
+def latent_spread(latents: torch.Tensor) -> float:
+    """The standard deviation of each latent dimension over all sequences and tokens of
+    ``latents [E, N, d_z]``, averaged over the dimensions."""
+    return latents.flatten(0, 1).std(dim=0, correction=0).mean().item()
+
+
+def kde_sample(prompts: torch.Tensor, count: int, noise_std: float,
                generator: torch.Generator) -> torch.Tensor:
-    """``count`` draws from a Gaussian KDE per token position: ``prompts [E, N, d_z]`` ->
-    ``[count, N, d_z]``. Every (sample, token) picks its own prompt and its own noise."""
-    e, n, _ = prompts.shape
-    source = torch.randint(0, e, (count, n), generator=generator)
-    chosen = prompts[source, torch.arange(n)]
-    return chosen + bandwidth * torch.randn(chosen.shape, generator=generator)
+    """``count`` draws from a Gaussian KDE over whole latent sequences: ``prompts
+    [E, N, d_z]`` -> ``[count, N, d_z]``. Each draw is one prompt, chosen uniformly, plus
+    noise of standard deviation ``noise_std``, independent per token and dimension."""
+    source = torch.randint(0, prompts.shape[0], (count,), generator=generator)
+    chosen = prompts[source]
+    return chosen + noise_std * torch.randn(chosen.shape, generator=generator)
 
 
 def sample_models(
@@ -116,32 +133,52 @@ def sample_models(
             bank = model.encode_sequence(prompts, positions)
         history = []
         for round_index in range(config.rounds):
+            noise_std = 0.0
             if bank is not None:
-                latents = kde_sample(bank, config.samples, config.bandwidth, generator)
+                noise_std = config.bandwidth * (latent_spread(bank) if config.relative else 1)
+                latents = kde_sample(bank, config.samples, noise_std, generator)
             # One sample at a time, keeping only the best states: memory stays at ``keep``
             # models however many are drawn (a ResNet-18 state is 45 MB).
             scores, kept = [], []
             for i in range(config.samples):
                 tokens = model.decode_sequence(latents[i : i + 1], positions)[0]
                 state = standardization.invert(detokenize(tokens, manifest))
-                scores.append(_score(state, target, config, generator))
+                scores.append(score_state(state, target, config.bn_batches, generator))
                 kept = sorted([*kept, (-scores[i], i, state)], key=lambda k: k[:2])
                 kept = kept[: config.keep]
             best = [i for _, i, _ in kept]
-            history.append(_statistics(round_index + 1, scores, [scores[i] for i in best]))
+            history.append(_statistics(round_index + 1, scores, [scores[i] for i in best])
+                           | {"noise_std": noise_std})
             bank = latents[best]
     return Samples([state for _, _, state in kept], [scores[i] for i in best], latents[best],
                    history)
 
 
-def _score(state: dict[str, torch.Tensor], target: Target, config: SamplingConfig,
-           generator: torch.Generator) -> float:
-    net = target.build()
-    net.load_state_dict(state)
+def score_state(state: dict[str, torch.Tensor], target: Target, bn_batches: int,
+                generator: torch.Generator) -> float:
+    """``target.score`` of the model holding ``state``, its batch norm conditioned first on
+    ``bn_batches`` batches of ``target.images`` (the conditioned statistics are written back
+    into ``state``: they belong to the model)."""
+    net = load_state(target.build(), state)
     if has_batchnorm(net):
-        condition_batchnorm(net, target.images, batches=config.bn_batches, generator=generator)
-        state.update(net.state_dict())  # the conditioned statistics belong to the sample
+        condition_batchnorm(net, target.images, batches=bn_batches, generator=generator)
+        state.update(dict(zip(list(state), net.state_dict().values())))
     return float(target.score(net.eval()))
+
+
+def load_state(net: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """``net`` holding ``state``: by key, or position by position when ``state`` names the
+    same layout otherwise (a zoo's canonical keys for a model whose dropout modules shift
+    its own); returns ``net``."""
+    own = net.state_dict()
+    if set(own) != set(state):
+        shapes = [tuple(t.shape) for t in state.values()]
+        if shapes != [tuple(t.shape) for t in own.values()]:
+            raise FormatError(f"a state dict of shapes {shapes[:3]}... does not fit "
+                              f"{type(net).__name__} (keys {list(own)[:3]}...)")
+        state = dict(zip(own, state.values()))
+    net.load_state_dict(state)
+    return net
 
 
 def _statistics(round_index: int, scores: list[float], kept: list[float]) -> dict[str, float]:

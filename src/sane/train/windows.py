@@ -24,11 +24,13 @@ from sane.weights.store import TokenStore
 
 @dataclass(frozen=True)
 class WindowBatch:
-    """``tokens`` ``[V, B, W, d_t]`` float32 (V views); ``mask`` ``[B, W, d_t]`` bool;
+    """``tokens`` ``[V, B, W, d_t]`` float32 (V views); ``clean`` the same views before noise;
+    ``mask`` ``[B, W, d_t]`` bool;
     ``positions`` ``[B, W, 3]`` int64 ``(n, l, k)``; ``rows`` ``[B]`` store rows;
     ``properties`` ``[B, P]`` float64 (``TokenStore.property_names``)."""
 
     tokens: torch.Tensor
+    clean: torch.Tensor
     mask: torch.Tensor
     positions: torch.Tensor
     rows: torch.Tensor
@@ -118,10 +120,10 @@ class WindowSampler:
                 else:
                     views[v, j] = torch.from_numpy(np.array(self.store.tokens[row, window]))
         mask = torch.stack([self.store.mask[w] for w in windows])
-        views = add_noise(views, mask, generator, multiplicative=c.multiplicative_noise,
+        noisy = add_noise(views, mask, generator, multiplicative=c.multiplicative_noise,
                           additive=c.additive_noise)
         return WindowBatch(
-            tokens=views, mask=mask,
+            tokens=noisy, clean=views, mask=mask,
             positions=torch.stack([self.store.positions[w] for w in windows]),
             rows=torch.from_numpy(rows.copy()),
             properties=torch.from_numpy(self.store.properties[rows]),

@@ -4,7 +4,8 @@
 
     STORE/
       store.json            format, settings, token manifest, standardization, permutation
-                            spec, one row per checkpoint (model, epoch, split), property names
+                            spec, the distinct architectures, one row per checkpoint (model,
+                            epoch, split, index of its architecture), property names
       tokens.npy            float32 [M, N, d_t]: standardized (and aligned) tokens, row m =
                             checkpoint m; opened as a read-only memory map
       mask.npy              bool [N, d_t]: real values vs padding, shared by all checkpoints
@@ -25,6 +26,7 @@ temporary name, then renamed; ``store.json`` is written last and marks a complet
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -43,12 +45,12 @@ from sane.weights.manifest import TokenManifest
 from sane.weights.permutations import PermutationSpec, permutation_spec
 from sane.weights.standardize import Standardization, fit_standardization
 from sane.weights.tokenize import detokenize, make_manifest, tokenize_into
-from sane.zoo.architectures import build_model
-from sane.zoo.layout import zoo_layout
+from sane.zoo.architectures import ArchConfig, build_model
+from sane.zoo.layout import as_architecture, zoo_layout
 from sane.zoo.storage import Zoo
 
 FORMAT = "sane-token-store"
-VERSION = 1
+VERSION = 2  # 2: every row records its model's architecture
 MANIFEST = "store.json"
 PROPERTIES = ("test_acc", "val_acc", "train_acc", "ggap", "epoch", "test_loss", "val_loss",
               "train_loss")
@@ -82,7 +84,9 @@ class TokenStore:
 
     ``tokens`` ``[M, N, d_t]`` float32 memory map; ``mask`` ``[N, d_t]`` bool; ``positions``
     ``[N, 3]`` int64; ``rows[m]`` = ``(model_id, epoch, split)``; ``properties`` ``[M, P]``
-    float64 named by ``property_names``.
+    float64 named by ``property_names``; ``architectures`` the distinct architectures of the
+    zoo's models (activation, dropout... may differ; the parameter shapes do not), row ``m``
+    of ``architectures[row_architecture[m]]``.
     """
 
     def __init__(self, path: Path, meta: dict[str, Any]) -> None:
@@ -96,6 +100,10 @@ class TokenStore:
             (str(r["model"]), int(r["epoch"]), str(r["split"])) for r in meta["rows"]
         ]
         self.property_names: tuple[str, ...] = tuple(meta["property_names"])
+        self.architectures = [ArchConfig.from_dict(a) for a in meta["architectures"]]
+        self.row_architecture = [int(r["architecture"]) for r in meta["rows"]]
+        if any(not 0 <= a < len(self.architectures) for a in self.row_architecture):
+            raise FormatError(f"{path}: a row names an architecture that is not listed")
         n, d = self.manifest.num_tokens, self.manifest.token_size
         self.tokens = _load_npy(path / "tokens.npy", (len(self.rows), n, d), np.float32, mmap=True)
         self.mask = torch.from_numpy(_load_npy(path / "mask.npy", (n, d), np.bool_))
@@ -150,6 +158,17 @@ class TokenStore:
         tokens = torch.from_numpy(np.array(self.tokens[row]))
         return self.standardization.invert(detokenize(tokens, self.manifest))
 
+    def architecture(self, row: int) -> ArchConfig:
+        """The architecture of the model of ``row`` (its own activation, dropout...)."""
+        return self.architectures[self.row_architecture[row]]
+
+    def model(self, row: int) -> torch.nn.Module:
+        """The network of ``row``: its own architecture holding :meth:`state_dict`."""
+        arch = self.architecture(row)
+        net = build_model(arch, seed=0)
+        net.load_state_dict(as_architecture(arch, self.state_dict(row)))
+        return net
+
 
 def prepare_store(
     zoo_path: str | Path,
@@ -193,6 +212,8 @@ def prepare_store(
         (load(m, e) for m, e in tqdm(train, desc="standardization", disable=not progress)),
         keys=manifest.tokenized_keys(),
     )
+    architectures = sorted({json.dumps(zoo.model(m).architecture.to_dict(), sort_keys=True)
+                            for m, _, _ in rows})
     _write_tokens(out, rows, manifest, lambda m, e: standardization.apply(load(m, e)), progress)
     atomic.save_array(out / "mask.npy", manifest.mask().numpy())
     atomic.save_array(out / "positions.npy", manifest.positions().numpy())
@@ -203,7 +224,10 @@ def prepare_store(
         "token_manifest": manifest.to_dict(), "standardization": standardization.to_dict(),
         "permutation_spec": None if spec is None else spec.to_dict(),
         "alignment_reference": None if alignment is None else alignment.reference,
-        "rows": [{"model": m, "epoch": e, "split": s} for m, e, s in rows],
+        "architectures": [json.loads(a) for a in architectures],
+        "rows": [{"model": m, "epoch": e, "split": s, "architecture": architectures.index(
+            json.dumps(zoo.model(m).architecture.to_dict(), sort_keys=True))}
+            for m, e, s in rows],
         "skipped_non_finite": skipped["non_finite"],
         "skipped_above_max_abs": skipped["above_max_abs"], "property_names": list(PROPERTIES),
     })

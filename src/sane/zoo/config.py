@@ -210,6 +210,16 @@ PRESETS: dict[str, Preset] = {
             epochs=5,
         ),
     ),
+    "digits-cnn-s-seed": Preset(
+        "demo seed zoo: 12 CNN-s on the embedded digits resized to 28x28 that differ only in "
+        "their seed, relu, kaiming_uniform init, Adam 1e-3, batch 32, 5 epochs (seconds)",
+        PopulationConfig(
+            dataset=DataConfig(name="digits"),
+            space=SearchSpace(seed_range=(1, 12), activation=("relu",),
+                              init=("kaiming_uniform",), lr=(1e-3,), batch_size=(32,)),
+            epochs=5,
+        ),
+    ),
     "digits-cnn-s-hyp": Preset(
         "CNN-s hyperparameter zoo on the embedded digits (resized to 28x28): 10 seeds x 3 "
         "activations x 2 inits x 2 learning rates, Adam, batch 32, 10 epochs, in random order "
@@ -226,6 +236,13 @@ PRESETS: dict[str, Preset] = {
         "Model Zoos Fashion-MNIST CNN-s seed zoo: 1000 seeds, tanh, uniform init, Adam 3e-4, "
         "batch 10, 50 epochs",
         _model_zoos(_FMNIST, _MNIST_SEED),
+    ),
+    "fmnist-cnn-s-seed-fast": Preset(
+        "Fashion-MNIST CNN-s seed zoo that learns in a few epochs: the Model Zoos seed recipe "
+        "(tanh, Adam, batch 10) with kaiming_uniform init and lr 1e-3 instead of U(0, 1) init "
+        "and 3e-4, 10 epochs (about 0.79 test accuracy after 3 epochs on 10,000 images)",
+        dataclasses.replace(_model_zoos(_FMNIST, dataclasses.replace(
+            _MNIST_SEED, init=("kaiming_uniform",), lr=(1e-3,))), epochs=10),
     ),
     "fmnist-cnn-s-hyp": Preset(
         "Model Zoos Fashion-MNIST CNN-s hyperparameter zoo (fixed seeds 1-10): 2560 recipes in "

@@ -55,3 +55,16 @@ def zoo_layout(zoo: Zoo) -> ZooLayout:
                               "parameter shapes; a store or alignment needs one architecture")
         own_keys[entry.id] = tuple(k for k, _, _ in layout)
     return ZooLayout(first.architecture, tuple(k for k, _, _ in reference), own_keys)
+
+
+def as_architecture(arch: ArchConfig, state_dict: Mapping[str, torch.Tensor]
+                    ) -> dict[str, torch.Tensor]:
+    """``state_dict`` (a zoo's canonical keys, in canonical order) under ``arch``'s own keys,
+    renamed position by position after checking that every shape agrees: the inverse of
+    :meth:`ZooLayout.rename` for a model of architecture ``arch``."""
+    layout = state_layout(arch)
+    shapes = [tuple(t.shape) for t in state_dict.values()]
+    if shapes != [s for _, s, _ in layout]:
+        raise FormatError(f"a state dict of shapes {shapes[:4]}... does not fit architecture "
+                          f"{arch.name} ({arch.activation}, dropout {arch.dropout})")
+    return {key: t for (key, _, _), t in zip(layout, state_dict.values())}
