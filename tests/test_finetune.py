@@ -51,3 +51,19 @@ def test_finetune_errors(samples, tmp_path, capsys):
         finetune_samples(samples, epochs=0)
     assert main(["finetune", str(samples), "--epochs", "1"]) == 0
     assert "| 1 |" in capsys.readouterr().out
+
+
+def test_the_same_request_twice_computes_nothing_again(tiny_run, samples):
+    stamps = {f: f.stat().st_mtime_ns for f in samples.iterdir()}
+    again = sample_from_run(tiny_run[0], samples, prompts=2,
+                            config=SamplingConfig(samples=4, keep=2))
+    assert again == json.loads((samples / "samples.json").read_text())
+    first = finetune_samples(samples, epochs=1)
+    assert finetune_samples(samples, epochs=1) == first
+    assert all(f.stat().st_mtime_ns == t for f, t in stamps.items() if f.suffix != ".json"
+               and not f.name.startswith("finetune"))
+    assert (samples / "samples.json").stat().st_mtime_ns == stamps[samples / "samples.json"]
+    other = sample_from_run(tiny_run[0], samples, prompts=2,
+                            config=SamplingConfig(samples=4, keep=1))
+    assert len(other["samples"]) == 1 and len(list(samples.glob("sample_*"))) == 1
+    assert finetune_samples(samples, epochs=1) != first  # other samples, fine-tuned anew

@@ -113,20 +113,28 @@ def sample_from_run(
     around ``prompts`` training models (:func:`prompt_rows`); for a new task, score them on
     ``dataset`` (see :func:`target_data`). Prompts of several architectures (activations,
     dropout...) are sampled per architecture: a sample has its prompts' architecture. Writes
-    ``out`` (see the module docstring) and returns the content of ``samples.json``."""
+    ``out`` (see the module docstring) and returns the content of ``samples.json``; an
+    ``out`` that holds the result of the same request is returned as it is."""
     config = config or SamplingConfig()
-    model = SANE.from_pretrained(run)
+    out = Path(out)
     tokens = run_store(run, store)
+    request = {"run": str(Path(run).resolve()), "store": str(tokens.path.resolve()),
+               "prompts": prompts, "prompt_epoch": prompt_epoch, "best_prompts": best_prompts,
+               "config": dataclasses.asdict(config), "dataset": dataset, "root": root}
+    if (out / "samples.json").is_file():
+        done = atomic.read_json(out / "samples.json")
+        if isinstance(done, dict) and done.get("request") == request:
+            return done
+    model = SANE.from_pretrained(run)
     data = target_data(tokens, dataset, root)
     rows = prompt_rows(tokens, prompts, prompt_epoch, best=best_prompts)
     groups: dict[int, list[int]] = {}
     for row in rows:
         groups.setdefault(tokens.row_architecture[row], []).append(row)
 
-    out = Path(out)
     report: dict[str, Any] = {
-        "run": str(Path(run).resolve()), "store": str(tokens.path.resolve()),
-        "config": dataclasses.asdict(config), "dataset": dataset, "root": root,
+        "run": request["run"], "store": request["store"], "config": request["config"],
+        "dataset": dataset, "root": root, "request": request,
         "architectures": [], "prompts": [], "samples": [],
     }
     for arch_index, group in groups.items():
@@ -162,6 +170,10 @@ def sample_from_run(
         report["architectures"].append({
             "index": arch_index, "architecture": arch.to_dict(), "rounds": samples.rounds,
             "memorization": controls.to_dict(samples.scores)})
+    kept = {s["file"] for s in report["samples"]}
+    for stale in out.glob("sample_*.safetensors"):  # left by an earlier, larger request
+        if stale.name not in kept:
+            stale.unlink()
     atomic.write_json(out / "samples.json", report)
     atomic.write_text(out / "samples.md", _markdown(report))
     return report

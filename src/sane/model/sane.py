@@ -101,6 +101,7 @@ class SANEConfig:
 # a CPU, for tests and the demo.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"d_model": 64, "n_heads": 4, "n_layers": 2, "d_latent": 16, "window_size": 16},
+    "cpu": {"d_model": 128, "n_heads": 4, "n_layers": 2, "d_latent": 64, "window_size": 16},
     "small": {"d_model": 256, "n_heads": 8, "n_layers": 4, "d_latent": 32, "window_size": 32},
     "cnn": {"d_model": 1024, "n_heads": 8, "n_layers": 8, "d_latent": 128, "window_size": 64},
     "resnet": {"d_model": 2048, "n_heads": 16, "n_layers": 8, "d_latent": 128,
