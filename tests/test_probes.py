@@ -116,6 +116,11 @@ def test_predict_properties_writes_results_and_embeddings(random_store, tiny_run
     assert saved["store"] == str(random_store.path.resolve()) and saved["results"] == rows
     assert np.load(tmp_path / "p" / "embeddings.npy").shape == (36, 16)
     assert "| test_acc |" in (tmp_path / "p" / "probes.md").read_text()
+    reconstruction = saved["reconstruction"]
+    assert {s: reconstruction[s]["models"] for s in ("train", "val", "test")} == {
+        "train": 8, "val": 1, "test": 3}  # the split of 12 models, each model once
+    assert all(0 <= reconstruction[s]["decoded_accuracy"] <= 1 for s in ("train", "val", "test"))
+    assert "## Reconstruction by function" in (tmp_path / "p" / "probes.md").read_text()
     with pytest.raises(ConfigError, match="unknown property 'loss'"):
         predict_properties(out, tmp_path / "q", properties=["loss"], progress=False)
 

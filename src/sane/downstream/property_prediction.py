@@ -6,8 +6,10 @@
     OUT/
       embeddings.npy   float64 [M, d_z], one row per store checkpoint (with "SANE")
       probes.json      the settings and one row per (feature set, property): alpha, R² and
-                       sample counts per split
-      probes.md        test R² (validation R²) per property and feature set
+                       sample counts per split; with a SANE, its reconstruction by function
+                       per split (:mod:`sane.train.fidelity`)
+      probes.md        test R² (validation R²) per property and feature set, and the
+                       reconstruction table
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sane.downstream.features import store_features
 from sane.downstream.probes import markdown_table, probe_table
 from sane.errors import FormatError
 from sane.model import SANE
+from sane.train.fidelity import fidelity_markdown, reconstruction_report
 from sane.train.pretraining import run_store
 
 PROPERTIES = ("test_acc", "epoch", "ggap")
@@ -53,11 +56,17 @@ def predict_properties(
     out = Path(out)
     if "SANE" in values:
         atomic.save_array(out / "embeddings.npy", values["SANE"])
+    fidelity = (None if model is None
+                else reconstruction_report(model, tokens, ("train", "val", "test")))
     atomic.write_json(out / "probes.json", {
         "run": None if run is None else str(Path(run).resolve()),
         "store": str(tokens.path.resolve()), "features": list(features),
-        "properties": list(properties), "results": rows,
+        "properties": list(properties), "results": rows, "reconstruction": fidelity,
     })
-    atomic.write_text(out / "probes.md", "# Property prediction: test R² (validation R²)\n\n"
-                      + markdown_table(rows) + "\n")
+    text = "# Property prediction: test R² (validation R²)\n\n" + markdown_table(rows) + "\n"
+    if fidelity is not None:
+        text += ("\n## Reconstruction by function\n\nUp to 16 models per split, each at its "
+                 "last stored epoch, encoded and decoded whole.\n\n"
+                 + fidelity_markdown(fidelity) + "\n")
+    atomic.write_text(out / "probes.md", text)
     return rows

@@ -22,13 +22,15 @@ import numpy as np
 import torch
 
 from sane.data import Dataset
+from sane.errors import ConfigError, FormatError
 from sane.model.sane import SANE
 from sane.weights.store import TokenStore
 from sane.weights.tokenize import detokenize
 from sane.zoo.architectures import build_model
 from sane.zoo.batchnorm import condition_batchnorm, has_batchnorm
-from sane.zoo.evaluation import accuracy
+from sane.zoo.evaluation import accuracy, zoo_data
 from sane.zoo.layout import as_architecture
+from sane.zoo.storage import Zoo
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,25 @@ def _accuracy(store: TokenStore, row: int, tokens: torch.Tensor | None, data: Da
     if has_batchnorm(net) and not store.settings.include_batchnorm:
         condition_batchnorm(net, data.train.x, generator=torch.Generator().manual_seed(row))
     return accuracy(net, data.test.x, data.test.y)
+
+
+def reconstruction_report(model: SANE, store: TokenStore,
+                          splits: tuple[str, ...] = ("train", "val"), *, limit: int = 16,
+                          with_accuracy: bool = True) -> dict[str, Any]:
+    """:class:`SplitFidelity` dictionaries of up to ``limit`` models per split, by split; with
+    accuracy when ``with_accuracy`` and the zoo's data can be read (else a ``note`` says
+    why not)."""
+    data, report = None, {}
+    if with_accuracy:
+        try:
+            data = zoo_data(Zoo.open(store.meta["zoo"]))
+        except (ConfigError, FormatError) as error:
+            report["note"] = f"accuracy not measured: {error}"
+    for split in splits:
+        rows = fidelity_rows(store, split, limit)
+        if rows:
+            report[split] = split_fidelity(model, store, rows, data).to_dict()
+    return report
 
 
 def fidelity_markdown(fidelity: dict[str, Any]) -> str:

@@ -44,11 +44,9 @@ from sane.errors import ConfigError, FormatError
 from sane.model.losses import sane_loss, squared_sums
 from sane.model.sane import PRESETS, SANE, SANEConfig, describe, load_checked
 from sane.settings import coerce, read_toml
-from sane.train.fidelity import fidelity_markdown, fidelity_rows, split_fidelity
+from sane.train.fidelity import fidelity_markdown, reconstruction_report
 from sane.train.windows import WindowBatch, WindowConfig, WindowSampler
 from sane.weights.store import TokenStore
-from sane.zoo.evaluation import zoo_data
-from sane.zoo.storage import Zoo
 
 FORMAT = "sane-pretrain-run"
 VERSION = 1
@@ -337,25 +335,12 @@ def _evaluate(model: SANE, sampler: WindowSampler, config: PretrainConfig,
 def _whole_models(model: SANE, store: TokenStore, config: PretrainConfig, *, final: bool
                   ) -> dict[str, Any]:
     """Whole-model R² of up to ``fidelity_models`` training and validation models; after the
-    last epoch the full reconstruction-by-function figures, with accuracy when the zoo's
-    data can be read (``fidelity``)."""
-    data, note = None, None
-    if final:
-        try:
-            data = zoo_data(Zoo.open(store.meta["zoo"]))
-        except (ConfigError, FormatError) as error:
-            note = f"accuracy not measured: {error}"
-    record: dict[str, Any] = {}
-    fidelity: dict[str, Any] = {}
-    for split in ("train", "val"):
-        rows = fidelity_rows(store, split, config.fidelity_models)
-        if rows:
-            figures = split_fidelity(model, store, rows, data)
-            record[f"{split}_model_r2"] = figures.r2
-            fidelity[split] = figures.to_dict()
-    if final:
-        record["fidelity"] = fidelity | ({"note": note} if note else {})
-    return record
+    last epoch the full reconstruction-by-function report, with accuracy (``fidelity``)."""
+    report = reconstruction_report(model, store, limit=config.fidelity_models,
+                                   with_accuracy=final)
+    record: dict[str, Any] = {f"{split}_model_r2": report[split]["r2"]
+                              for split in ("train", "val") if split in report}
+    return record | ({"fidelity": report} if final else {})
 
 
 def _accumulate(sums: dict[str, float], losses: dict[str, torch.Tensor]) -> None:
