@@ -12,11 +12,13 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     report = (tmp_path / "report.md").read_text()
     assert "72 checkpoints × 48 tokens × 201 values" in report  # 12 models × epochs 0..5
     assert (tmp_path / "zoo" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "30 epochs: validation reconstruction loss" in report
+    assert "15 epochs: validation reconstruction loss" in report
+    assert "training models decoded whole: R²" in report
     assert "| property | SANE | W | sW-layer |" in report
     assert (tmp_path / "probes" / "embeddings.npy").is_file()
     assert "20 drawn around 5 prompt models, the 5 best kept" in report
     assert len(list((tmp_path / "samples").glob("sample_*.safetensors"))) == 5
+    assert "memorization baselines: noised prompts" in report
     assert SANE.from_pretrained(tmp_path / "sane").config.token_size == 201
     files = [tmp_path / "zoo" / "models" / "m0000" / "epoch_005.safetensors",
              tmp_path / "store" / "tokens.npy", tmp_path / "sane" / "training.safetensors"]

@@ -189,10 +189,9 @@ def test_a_store_without_permutation_spec_needs_permute_off(store, tmp_path):
     shutil.copytree(store.path, copy)
     meta = json.loads((copy / "store.json").read_text())
     (copy / "store.json").write_text(json.dumps({**meta, "permutation_spec": None}))
-    permuted = PretrainConfig(epochs=1, batch_size=8, permute=True, model=FAST.model)
     with pytest.raises(ConfigError, match="set `permute = false`"):
-        pretrain(copy, tmp_path / "run", permuted, progress=False)
-    config = PretrainConfig(epochs=1, batch_size=8, model=FAST.model)
+        pretrain(copy, tmp_path / "run", FAST, progress=False)
+    config = PretrainConfig(epochs=1, batch_size=8, permute=False, model=FAST.model)
     assert pretrain(copy, tmp_path / "run", config, progress=False).config.token_size == 201
 
 

@@ -169,7 +169,7 @@ def test_sampling_for_a_new_task_scores_on_that_dataset(tiny_run, tmp_path):
     config = SamplingConfig(samples=3, keep=1)
     sample_from_run(tiny_run[0], tmp_path / "a", prompts=2, config=config, dataset="digits")
     report = json.loads((tmp_path / "a" / "samples.json").read_text())
-    assert report["dataset"] == "digits" and len(report["prompts"]) == 2
+    assert report["request"]["dataset"] == "digits" and len(report["prompts"]) == 2
     with pytest.raises(ConfigError, match="'mnist1d' cannot feed the zoo's cnn_s"):
         sample_from_run(tiny_run[0], tmp_path / "b", config=config, dataset="mnist1d")
 

@@ -80,8 +80,9 @@ def finetune_samples(samples: str | Path, *, epochs: int = 5, lr: float = 1e-3,
         if isinstance(result, dict) and result.get("settings") == settings:
             return result
     report = atomic.read_json(file)
-    store = run_store(report["run"], report["store"])
-    ds = target_data(store, report.get("dataset"), report.get("root"))
+    request = report["request"]
+    store = run_store(request["run"], request["store"])
+    ds = target_data(store, request["dataset"], request["root"])
     archs = [ArchConfig.from_dict(a["architecture"]) for a in report["architectures"]]
     arch_of = {a["index"]: arch for a, arch in zip(report["architectures"], archs)}
     train, val = (ds.train.x, ds.train.y), (ds.val.x, ds.val.y)

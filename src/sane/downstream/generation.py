@@ -14,8 +14,9 @@ are scored the same way, and so are the memorization baselines
       sample_000.safetensors ...   the kept models, best first within each architecture
                                    (state dicts in the aligned frame, keys of their own
                                    architecture: they load into ``build_model(arch)``)
-      samples.json                 settings (a new task's dataset, None for the zoo's),
-                                   per architecture: rounds and memorization controls;
+      samples.json                 the request (run, store, prompts, sampling config, a new
+                                   task's dataset: None for the zoo's), per architecture:
+                                   rounds and memorization controls;
                                    prompts[] and samples[] with score, architecture index,
                                    nearest prompt, distance and agreement
       samples.md                   the same as tables, with a plain verdict per architecture
@@ -132,11 +133,8 @@ def sample_from_run(
     for row in rows:
         groups.setdefault(tokens.row_architecture[row], []).append(row)
 
-    report: dict[str, Any] = {
-        "run": request["run"], "store": request["store"], "config": request["config"],
-        "dataset": dataset, "root": root, "request": request,
-        "architectures": [], "prompts": [], "samples": [],
-    }
+    report: dict[str, Any] = {"request": request, "architectures": [], "prompts": [],
+                              "samples": []}
     for arch_index, group in groups.items():
         arch = tokens.architectures[arch_index]
         target = zoo_target(arch, data)

@@ -1,9 +1,11 @@
 """Pretraining SANE on a token store (SANE Algorithm 1), resumable after any crash.
 
 Every step draws, for a batch of training-split checkpoints, one random window each in two
-views: by default both the stored (aligned) model, each with its own multiplicative noise (the
-published configuration); with ``permute`` the second is a randomly permuted copy, which costs
-reconstruction capacity that alignment cannot win back (see the README for the measurement).
+views, each with its own multiplicative noise: the stored (aligned) model and, by default, a
+randomly permuted copy of it (``permute``; without it both views are the aligned model, as in
+the published configuration). The permuted view is the better default by function: on a
+100-model seed zoo it lifted the decoded accuracy of held-out models from 0.85× to 0.97×
+of their own at the same cost (see the README).
 The loss is ``(1 - gamma) · masked MSE + gamma · NT-Xent`` of the two views' projections;
 each view is reconstructed from its own latents. AdamW (weight decay on matrices only) under a
 one-cycle schedule stepped every batch, as in the published recipe.
@@ -78,7 +80,7 @@ class PretrainConfig:
     gamma: float = 0.05
     temperature: float = 0.1
     noise: float = 0.1
-    permute: bool = False
+    permute: bool = True
     windows_per_checkpoint: int | None = None
     seed: int = 0
     device: str = "cpu"
