@@ -61,3 +61,19 @@ def test_a_single_prompt_has_no_average_baseline():
 
 def _linear_state(g):
     return {"weight": torch.randn(3, 4, generator=g), "bias": torch.randn(3, generator=g)}
+
+
+def test_baselines_get_the_samplers_selection():
+    g = torch.Generator().manual_seed(2)
+    prompts = [_linear_state(g) for _ in range(3)]
+    calls = []
+
+    def score(state):
+        calls.append(state)
+        return float(len(calls))  # later candidates score higher
+
+    out = memorization_controls(prompts[:2], prompts, KEYS, load=_linear, score=score,
+                                inputs=torch.randn(10, 4, generator=g), candidates=4)
+    assert len(calls) == 2 * 4 + 2 * 4  # every kept model's baselines: 4 candidates each
+    assert out.baselines["noised prompts"] == [4.0, 8.0]  # the best of each four
+    assert out.baselines["prompt averages"] == [12.0, 16.0]

@@ -61,7 +61,7 @@ class Scale:
 
 SCALES = {
     "quick": Scale("digits-cnn-s-hyp", models=40, epochs=10, train_size=None, max_abs=100.0,
-                   pretrain_preset="tiny", pretrain_epochs=30, batch_size=16, prompts=5,
+                   pretrain_preset="cpu", pretrain_epochs=30, batch_size=16, prompts=5,
                    samples=20, keep=5, rounds=3, prior_std=1.0),
     "fmnist": Scale("fmnist-cnn-s-hyp", models=100, epochs=10, train_size=10_000,
                     max_abs=100.0, pretrain_preset="small", pretrain_epochs=50, batch_size=32,
@@ -165,9 +165,9 @@ def sample_and_finetune(out: Path, store: Any, scale: Scale) -> str:
             prior_std=scale.prior_std)),
     }
     tuned: dict[str, dict[str, list[list[float]]]] = {}
-    memorization = ["| protocol | kept: mean | prompts: mean | ratio | distance to nearest "
-                    "prompt | prompts apart | agreement | noised prompts | prompt averages |",
-                    "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    memorization = ["| protocol | kept: mean | all draws: mean | prompts: mean | kept / prompts "
+                    "| distance to nearest prompt | prompts apart | agreement | noised prompts | "
+                    "prompt averages |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, (prompts, best, config) in protocols.items():
         folder = out / ("samples-" + name.split("_")[1].lower())
         report = sample_from_run(out / "sane", folder, prompts=prompts, best_prompts=best,
@@ -193,7 +193,8 @@ def sample_and_finetune(out: Path, store: Any, scale: Scale) -> str:
         "### Memorization controls (zero-shot)", "",
         "Distances are L2 in aligned weight space; agreement is the share of validation "
         "inputs on which a sample and its nearest prompt predict the same class; the "
-        "baselines are scored like the samples (see `samples-*/samples.md`).", "",
+        "baselines are scored like the samples, each of their models the best of as many "
+        "candidates as the sampler drew per kept model (see `samples-*/samples.md`).", "",
         *memorization, "",
     ])
 
@@ -203,9 +204,10 @@ def _memorization_row(name: str, report: dict[str, Any]) -> str:
         return sum(values) / len(values) if values else float("nan")
 
     kept = mean([s["score"] for s in report["samples"]])
+    draws = mean([g["rounds"][-1]["mean"] for g in report["architectures"]])
     prompts = mean([p["score"] for p in report["prompts"]])
     apart = [g["memorization"]["prompt_distance"] for g in report["architectures"]]
-    cells = [f"{kept:.3f}", f"{prompts:.3f}", f"{kept / prompts:.2f}×",
+    cells = [f"{kept:.3f}", f"{draws:.3f}", f"{prompts:.3f}", f"{kept / prompts:.2f}×",
              f"{mean([s['distance'] for s in report['samples']]):.2f}",
              f"{mean([a for a in apart if a is not None]):.2f}",
              f"{mean([s['agreement'] for s in report['samples']]):.1%}"]

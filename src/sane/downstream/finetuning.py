@@ -15,6 +15,7 @@ the starting point.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -71,15 +72,18 @@ def finetune_samples(samples: str | Path, *, epochs: int = 5, lr: float = 1e-3,
     if not file.is_file():
         raise FormatError(f"{samples} holds no sampled models: samples.json not found "
                           "(run `sane sample RUN --out DIR` first)")
+    report = atomic.read_json(file)
+    # The models fine-tuned, not the report around them: a re-report of the same samples
+    # reuses the result.
+    models = json.dumps([report["request"], [[s["file"], s["score"]] for s in report["samples"]],
+                         [[p["model"], p["epoch"]] for p in report["prompts"]]])
     settings = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
-                "baselines": baselines,
-                "samples_json": hashlib.sha256(file.read_bytes()).hexdigest()}
+                "baselines": baselines, "models": hashlib.sha256(models.encode()).hexdigest()}
     done = samples / "finetune.json"
     if done.is_file():
         result = atomic.read_json(done)
         if isinstance(result, dict) and result.get("settings") == settings:
             return result
-    report = atomic.read_json(file)
     request = report["request"]
     store = run_store(request["run"], request["store"])
     ds = target_data(store, request["dataset"], request["root"])

@@ -25,6 +25,7 @@ are scored the same way, and so are the memorization baselines
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,9 @@ def sample_from_run(
     if (out / "samples.json").is_file():
         done = atomic.read_json(out / "samples.json")
         if isinstance(done, dict) and done.get("request") == request:
+            table = _markdown(done)  # this version's report of the same result
+            if not (out / "samples.md").is_file() or (out / "samples.md").read_text() != table:
+                atomic.write_text(out / "samples.md", table)
             return done
     model = SANE.from_pretrained(run)
     data = target_data(tokens, dataset, root)
@@ -150,7 +154,8 @@ def sample_from_run(
             load=lambda state, t=target: load_state(t.build(), state),
             score=lambda state, t=target, g=generator: score_state(dict(state), t,
                                                                    config.bn_batches, g),
-            inputs=data.val.x, seed=config.seed)
+            inputs=data.val.x, candidates=math.ceil(config.samples * config.rounds
+                                                    / config.keep), seed=config.seed)
         first = len(report["samples"])
         for i, state in enumerate(samples.states):
             atomic.save_tensors(out / f"sample_{first + i:03d}.safetensors",
@@ -195,13 +200,14 @@ def _markdown(report: dict[str, Any]) -> str:
                   f"{s['distance']:.3f} | {s['agreement']:.3f} |" for s in samples]
         lines += [f"| prompt {p['model']} (epoch {p['epoch']}) | {p['score']:.4f} | | | |"
                   for p in prompts]
-        lines += ["", _verdict(samples, prompts, memo), ""]
+        lines += ["", _verdict(samples, prompts, memo, group["rounds"][-1]["mean"]), ""]
     return "\n".join(lines)
 
 
 def _verdict(samples: list[dict[str, Any]], prompts: list[dict[str, Any]],
-             memo: dict[str, Any]) -> str:
-    """One paragraph: kept samples against prompts and the memorization baselines."""
+             memo: dict[str, Any], draws_mean: float) -> str:
+    """One paragraph: kept samples against prompts and the memorization baselines (selected
+    like the samples; the mean of all draws of the last round is given beside them)."""
     mean = sum(s["score"] for s in samples) / len(samples)
     prompt_mean = sum(p["score"] for p in prompts) / len(prompts)
     scale = ("" if memo["prompt_distance"] is None
@@ -216,6 +222,9 @@ def _verdict(samples: list[dict[str, Any]], prompts: list[dict[str, Any]],
             parts.append(f"No {name} baseline (it needs two prompts).")
         else:
             verdict = "beat" if baseline["samples_beat_it"] else "do not beat"
-            parts.append(f"SANE's samples {verdict} the {name} baseline "
+            parts.append(f"SANE's kept samples {verdict} the {name} baseline "
                          f"({baseline['mean']:.4f}).")
+    parts.append(f"Each baseline model is the best of as many candidates as the sampler drew "
+                 f"per kept model; before selection, the last round's draws scored "
+                 f"{draws_mean:.4f} on average.")
     return " ".join(parts)

@@ -9,6 +9,10 @@ on the predicted class, and scores two baselines the same way as the samples:
 - ``noised prompts``: each kept sample's nearest prompt plus isotropic Gaussian weight noise
   of the same L2 norm as the sample's distance to it;
 - ``prompt averages``: the averages of random pairs of distinct aligned prompts.
+
+Subsampling keeps the best of many draws, so the baselines get the same selection: each of
+their models is the best of ``candidates`` scored candidates (the sampler's draws per kept
+model).
 """
 
 from __future__ import annotations
@@ -66,12 +70,13 @@ def agreement(a: nn.Module, b: nn.Module, x: torch.Tensor, batch_size: int = 100
 def memorization_controls(
     samples: Sequence[State], prompts: Sequence[State], keys: Sequence[str], *,
     load: Callable[[State], nn.Module], score: Callable[[State], float], inputs: torch.Tensor,
-    seed: int = 0,
+    candidates: int = 1, seed: int = 0,
 ) -> Memorization:
     """The controls for the kept ``samples`` against their ``prompts`` (state dicts in one
     aligned frame and key naming); ``keys`` the weights compared (the tokenized ones);
     ``load(state)`` builds a network holding ``state``, ``score(state)`` scores one the way
-    the samples were scored; ``inputs`` the data on which predictions are compared."""
+    the samples were scored; ``inputs`` the data on which predictions are compared; each
+    baseline model is the best of ``candidates``."""
     generator = torch.Generator().manual_seed(seed)
     flat = torch.stack([flatten(p, keys) for p in prompts])
     nearest, distance, agree = [], [], []
@@ -81,15 +86,16 @@ def memorization_controls(
         nearest.append(i)
         distance.append(float(d[i]))
         agree.append(agreement(load(state), load(prompts[i]), inputs))
-    noised = [_noised(prompts[i], keys, dist, generator) for i, dist in zip(nearest, distance)]
-    averages = [_average(prompts[i], prompts[j], keys) for i, j in
-                _pairs(len(prompts), len(samples), generator)]
+    noised = [max(score(_noised(prompts[i], keys, dist, generator)) for _ in range(candidates))
+              for i, dist in zip(nearest, distance)]
+    pairs = _pairs(len(prompts), len(samples) * candidates, generator)
+    averages = [max(score(_average(prompts[i], prompts[j], keys))
+                    for i, j in pairs[k : k + candidates])
+                for k in range(0, len(pairs), candidates)]
     pairwise = torch.cdist(flat, flat)
     off_diagonal = pairwise[~torch.eye(len(prompts), dtype=torch.bool)]
     return Memorization(
-        nearest, distance, agree,
-        {"noised prompts": [score(s) for s in noised],
-         "prompt averages": [score(s) for s in averages]},
+        nearest, distance, agree, {"noised prompts": noised, "prompt averages": averages},
         float(off_diagonal.mean()) if len(off_diagonal) else None,
     )
 
