@@ -29,6 +29,7 @@ from sane.weights.manifest import TokenManifest
 from sane.weights.standardize import Standardization
 from sane.weights.tokenize import detokenize
 from sane.zoo.batchnorm import condition_batchnorm, has_batchnorm
+from sane.zoo.layout import rename_positionally
 
 
 @dataclass(frozen=True)
@@ -172,11 +173,7 @@ def load_state(net: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     its own); returns ``net``."""
     own = net.state_dict()
     if set(own) != set(state):
-        shapes = [tuple(t.shape) for t in state.values()]
-        if shapes != [tuple(t.shape) for t in own.values()]:
-            raise FormatError(f"a state dict of shapes {shapes[:3]}... does not fit "
-                              f"{type(net).__name__} (keys {list(own)[:3]}...)")
-        state = dict(zip(own, state.values()))
+        state = rename_positionally(state, [(k, tuple(t.shape)) for k, t in own.items()])
     net.load_state_dict(state)
     return net
 

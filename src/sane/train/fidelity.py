@@ -26,10 +26,8 @@ from sane.errors import ConfigError, FormatError
 from sane.model.sane import SANE
 from sane.weights.store import TokenStore
 from sane.weights.tokenize import detokenize
-from sane.zoo.architectures import build_model
 from sane.zoo.batchnorm import condition_batchnorm, has_batchnorm
 from sane.zoo.evaluation import accuracy, zoo_data
-from sane.zoo.layout import as_architecture
 from sane.zoo.storage import Zoo
 
 
@@ -109,13 +107,8 @@ def split_fidelity(model: SANE, store: TokenStore, rows: list[int], data: Datase
 def _accuracy(store: TokenStore, row: int, tokens: torch.Tensor | None, data: Dataset) -> float:
     """Test accuracy of ``row``'s model, or of the standardized ``tokens [N, d_t]`` decoded
     into its architecture."""
-    if tokens is None:
-        net = store.model(row)
-    else:
-        arch = store.architecture(row)
-        state = store.standardization.invert(detokenize(tokens, store.manifest))
-        net = build_model(arch, seed=0)
-        net.load_state_dict(as_architecture(arch, state))
+    net = store.model(row, None if tokens is None else
+                      store.standardization.invert(detokenize(tokens, store.manifest)))
     if has_batchnorm(net) and not store.settings.include_batchnorm:
         condition_batchnorm(net, data.train.x, generator=torch.Generator().manual_seed(row))
     return accuracy(net, data.test.x, data.test.y)

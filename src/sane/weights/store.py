@@ -162,11 +162,14 @@ class TokenStore:
         """The architecture of the model of ``row`` (its own activation, dropout...)."""
         return self.architectures[self.row_architecture[row]]
 
-    def model(self, row: int) -> torch.nn.Module:
-        """The network of ``row``: its own architecture holding :meth:`state_dict`."""
+    def model(self, row: int, state_dict: dict[str, torch.Tensor] | None = None
+              ) -> torch.nn.Module:
+        """A network of ``row``'s own architecture holding ``state_dict`` (canonical keys,
+        e.g. decoded tokens), by default the row's checkpoint (:meth:`state_dict`)."""
         arch = self.architecture(row)
         net = build_model(arch, seed=0)
-        net.load_state_dict(as_architecture(arch, self.state_dict(row)))
+        net.load_state_dict(as_architecture(
+            arch, self.state_dict(row) if state_dict is None else state_dict))
         return net
 
 

@@ -10,7 +10,7 @@ them position by position, after checking that the tensors' shapes and dtypes ag
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -57,14 +57,20 @@ def zoo_layout(zoo: Zoo) -> ZooLayout:
     return ZooLayout(first.architecture, tuple(k for k, _, _ in reference), own_keys)
 
 
+def rename_positionally(state_dict: Mapping[str, torch.Tensor],
+                        own: Sequence[tuple[str, tuple[int, ...]]]) -> dict[str, torch.Tensor]:
+    """``state_dict``'s tensors under the keys of ``own`` (``(key, shape)`` pairs in module
+    order), position by position, after checking that every shape agrees: a zoo's canonical
+    keys back to a model whose dropout modules shift its own."""
+    shapes = [tuple(t.shape) for t in state_dict.values()]
+    if shapes != [tuple(s) for _, s in own]:
+        raise FormatError(f"a state dict of shapes {shapes[:4]}... does not fit a model with "
+                          f"keys {[k for k, _ in own][:4]}...")
+    return {key: t for (key, _), t in zip(own, state_dict.values())}
+
+
 def as_architecture(arch: ArchConfig, state_dict: Mapping[str, torch.Tensor]
                     ) -> dict[str, torch.Tensor]:
-    """``state_dict`` (a zoo's canonical keys, in canonical order) under ``arch``'s own keys,
-    renamed position by position after checking that every shape agrees: the inverse of
-    :meth:`ZooLayout.rename` for a model of architecture ``arch``."""
-    layout = state_layout(arch)
-    shapes = [tuple(t.shape) for t in state_dict.values()]
-    if shapes != [s for _, s, _ in layout]:
-        raise FormatError(f"a state dict of shapes {shapes[:4]}... does not fit architecture "
-                          f"{arch.name} ({arch.activation}, dropout {arch.dropout})")
-    return {key: t for (key, _, _), t in zip(layout, state_dict.values())}
+    """``state_dict`` (a zoo's canonical keys, in canonical order) under ``arch``'s own keys:
+    the inverse of :meth:`ZooLayout.rename` for a model of architecture ``arch``."""
+    return rename_positionally(state_dict, [(k, s) for k, s, _ in state_layout(arch)])
