@@ -22,6 +22,7 @@ from sane.downstream import (
 from sane.downstream.sampling import latent_spread
 from sane.errors import ConfigError, FormatError
 from sane.weights import fit_standardization, tokenize
+from sane.weights.tokenizer import Tokenizer
 from sane.zoo import ArchConfig, build_model
 
 ARCH = ArchConfig(name="cnn_s")
@@ -69,8 +70,8 @@ def _prompts(seeds):
     states = [build_model(ARCH, seed=s).state_dict() for s in seeds]
     standardization = fit_standardization(states)
     tokens = [tokenize(standardization.apply(s)) for s in states]
-    return states, standardization, tokens[0].manifest, tokens[0].positions, torch.stack(
-        [t.tokens for t in tokens])
+    tokenizer = Tokenizer(tokens[0].manifest, standardization)
+    return states, tokenizer, tokens[0].positions, torch.stack([t.tokens for t in tokens])
 
 
 def _first_weight_sum(net: nn.Module) -> float:
@@ -78,10 +79,10 @@ def _first_weight_sum(net: nn.Module) -> float:
 
 
 def test_one_prompt_without_noise_samples_the_prompt_itself():
-    states, standardization, manifest, positions, prompts = _prompts([1])
+    states, tokenizer, positions, prompts = _prompts([1])
     target = Target(build=lambda: build_model(ARCH), score=_first_weight_sum,
                     images=torch.zeros(4, 1, 28, 28))
-    out = sample_models(IdentityAutoencoder(201), prompts, positions, manifest, standardization,
+    out = sample_models(IdentityAutoencoder(201), prompts, positions, tokenizer,
                         target, SamplingConfig(samples=3, keep=2, bandwidth=0.0))
     assert len(out.states) == 2 and out.latents.shape == (2, 48, 201)
     for state in out.states:
@@ -90,17 +91,16 @@ def test_one_prompt_without_noise_samples_the_prompt_itself():
 
 
 def test_bootstrapping_returns_the_best_of_the_last_round_sorted():
-    _, standardization, manifest, positions, prompts = _prompts([1, 2, 3])
+    _, tokenizer, positions, prompts = _prompts([1, 2, 3])
     target = Target(build=lambda: build_model(ARCH), score=_first_weight_sum,
                     images=torch.zeros(4, 1, 28, 28))
-    out = sample_models(IdentityAutoencoder(201), prompts, positions, manifest, standardization,
+    out = sample_models(IdentityAutoencoder(201), prompts, positions, tokenizer,
                         target, SamplingConfig(samples=12, keep=4, rounds=3, bandwidth=0.3))
     # The noise is relative to the spread of each round's prompts (the kept latents after
     # the first round).
     assert out.rounds[0]["noise_std"] == pytest.approx(0.3 * latent_spread(prompts))
     assert out.rounds[-1]["noise_std"] > 0
-    absolute = sample_models(IdentityAutoencoder(201), prompts, positions, manifest,
-                             standardization, target,
+    absolute = sample_models(IdentityAutoencoder(201), prompts, positions, tokenizer, target,
                              SamplingConfig(samples=2, keep=1, bandwidth=0.3, relative=False))
     assert absolute.rounds[0]["noise_std"] == 0.3
     assert out.scores == sorted(out.scores, reverse=True)
@@ -112,17 +112,17 @@ def test_bootstrapping_returns_the_best_of_the_last_round_sorted():
 
 
 def test_gaussian_prior_needs_no_prompts_and_bad_prompts_are_refused():
-    _, standardization, manifest, positions, prompts = _prompts([1])
+    _, tokenizer, positions, prompts = _prompts([1])
     target = Target(build=lambda: build_model(ARCH), score=_first_weight_sum,
                     images=torch.zeros(4, 1, 28, 28))
     model = IdentityAutoencoder(201)
-    out = sample_models(model, None, positions, manifest, standardization, target,
+    out = sample_models(model, None, positions, tokenizer, target,
                         SamplingConfig(samples=4, keep=1, prior_std=1.0))
     assert len(out.states) == 1
     with pytest.raises(FormatError, match="prompts must be"):
-        sample_models(model, None, positions, manifest, standardization, target)
+        sample_models(model, None, positions, tokenizer, target)
     with pytest.raises(FormatError, match="positions must be"):
-        sample_models(model, prompts, positions[:5], manifest, standardization, target)
+        sample_models(model, prompts, positions[:5], tokenizer, target)
     with pytest.raises(ConfigError, match="keep must lie"):
         SamplingConfig(samples=3, keep=5)
 
@@ -230,7 +230,6 @@ def test_independent_tokens_make_a_patchwork_that_fails(trained_store):
     (the earlier sampler) make a network far worse than its prompts."""
     from sane.downstream.generation import target_data, zoo_target
     from sane.downstream.sampling import score_state
-    from sane.weights.tokenize import detokenize
 
     data = target_data(trained_store)
     rows = [r for r in trained_store.split_rows("train").tolist()
@@ -242,8 +241,7 @@ def test_independent_tokens_make_a_patchwork_that_fails(trained_store):
     patchwork = tokens[source, torch.arange(tokens.shape[1])]
 
     def score(t):
-        state = trained_store.standardization.invert(detokenize(t, trained_store.manifest))
-        return score_state(state, target, 1, g)
+        return score_state(trained_store.codec.decode(t), target, 1, g)
 
     prompts = [score(t) for t in tokens]
     assert score(patchwork) < min(prompts) - 0.1

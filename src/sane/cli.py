@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "sane.commands.prepare",
     "sane.commands.pretrain",
     "sane.commands.probe",
+    "sane.commands.embed",
     "sane.commands.sample",
     "sane.commands.finetune",
     "sane.commands.analyze",

@@ -143,8 +143,8 @@ def sample_from_run(
         arch = tokens.architectures[arch_index]
         target = zoo_target(arch, data)
         prompt_tokens = None if config.prior_std is not None else torch.tensor(tokens.tokens[group])
-        samples = sample_models(model, prompt_tokens, tokens.positions, tokens.manifest,
-                                tokens.standardization, target, config)
+        samples = sample_models(model, prompt_tokens, tokens.positions, tokens.codec, target,
+                                config)
         generator = torch.Generator().manual_seed(config.seed)
         prompt_states = [tokens.state_dict(r) for r in group]
         prompt_scores = [score_state(state, target, config.bn_batches, generator)

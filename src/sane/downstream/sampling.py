@@ -25,9 +25,7 @@ from torch import nn
 
 from sane.errors import ConfigError, FormatError
 from sane.model import SANE
-from sane.weights.manifest import TokenManifest
-from sane.weights.standardize import Standardization
-from sane.weights.tokenize import detokenize
+from sane.weights.tokenizer import Tokenizer
 from sane.zoo.batchnorm import condition_batchnorm, has_batchnorm
 from sane.zoo.layout import rename_positionally
 
@@ -104,12 +102,11 @@ def sample_models(
     model: SANE,
     prompts: torch.Tensor | None,
     positions: torch.Tensor,
-    manifest: TokenManifest,
-    standardization: Standardization,
+    tokenizer: Tokenizer,
     target: Target,
     config: SamplingConfig = SamplingConfig(),
 ) -> Samples:
-    """Sample models of the token layout ``manifest`` (positions ``[N, 3]``).
+    """Sample models of ``tokenizer``'s token layout (positions ``[N, 3]``).
 
     ``prompts`` are standardized token sequences ``[E, N, d_t]`` of prompt models (None with
     ``config.prior_std``). Each round draws ``samples`` latent sequences, decodes them
@@ -117,6 +114,7 @@ def sample_models(
     ``target.images`` and scores them; the ``keep`` best latents are the next round's prompts.
     """
     generator = torch.Generator().manual_seed(config.seed)
+    manifest = tokenizer.manifest
     n = manifest.num_tokens
     if positions.shape != (n, 3):
         raise FormatError(f"positions must be [{n}, 3] for this token layout, got "
@@ -143,7 +141,7 @@ def sample_models(
             scores, kept = [], []
             for i in range(config.samples):
                 tokens = model.decode_sequence(latents[i : i + 1], positions)[0]
-                state = standardization.invert(detokenize(tokens, manifest))
+                state = tokenizer.decode(tokens)
                 scores.append(score_state(state, target, config.bn_batches, generator))
                 kept = sorted([*kept, (-scores[i], i, state)], key=lambda k: k[:2])
                 kept = kept[: config.keep]

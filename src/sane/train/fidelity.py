@@ -25,7 +25,6 @@ from sane.data import Dataset
 from sane.errors import ConfigError, FormatError
 from sane.model.sane import SANE
 from sane.weights.store import TokenStore
-from sane.weights.tokenize import detokenize
 from sane.zoo.batchnorm import condition_batchnorm, has_batchnorm
 from sane.zoo.evaluation import accuracy, zoo_data
 from sane.zoo.storage import Zoo
@@ -107,8 +106,7 @@ def split_fidelity(model: SANE, store: TokenStore, rows: list[int], data: Datase
 def _accuracy(store: TokenStore, row: int, tokens: torch.Tensor | None, data: Dataset) -> float:
     """Test accuracy of ``row``'s model, or of the standardized ``tokens [N, d_t]`` decoded
     into its architecture."""
-    net = store.model(row, None if tokens is None else
-                      store.standardization.invert(detokenize(tokens, store.manifest)))
+    net = store.model(row, None if tokens is None else store.codec.decode(tokens))
     if has_batchnorm(net) and not store.settings.include_batchnorm:
         condition_batchnorm(net, data.train.x, generator=torch.Generator().manual_seed(row))
     return accuracy(net, data.test.x, data.test.y)

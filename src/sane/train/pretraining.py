@@ -19,6 +19,9 @@ one-cycle schedule stepped every batch, as in the published recipe.
                             written atomically, so a crash leaves the last finished epoch)
       sane.json, model.safetensors   the model after the last finished epoch
                             (``SANE.from_pretrained(RUN)``)
+      tokenizer.json/.safetensors   the store's tokenizer with the alignment reference
+                            (``Tokenizer.from_pretrained(RUN)``): new models are embedded
+                            without the store
       history.json, report.md, loss.png   per-epoch losses, window R² (against the clean
                             windows) and whole-model R² on train and validation; after the
                             last epoch, reconstruction by function (:mod:`sane.train.fidelity`)
@@ -49,6 +52,7 @@ from sane.settings import coerce, read_toml
 from sane.train.fidelity import fidelity_markdown, reconstruction_report
 from sane.train.windows import WindowBatch, WindowConfig, WindowSampler
 from sane.weights.store import TokenStore
+from sane.weights.tokenizer import CONFIG_FILE as TOKENIZER_FILE
 
 FORMAT = "sane-pretrain-run"
 VERSION = 1
@@ -213,6 +217,8 @@ def pretrain(
     val = _validation_sampler(store, windows, config.seed)
     _claim(out, {"format": FORMAT, "version": VERSION, "store": str(store.path.resolve()),
                  "pretrain": config.to_dict(), "model": shape.to_dict()})
+    if not (out / TOKENIZER_FILE).is_file():  # the run embeds new models without its store
+        store.tokenizer().save_pretrained(out)
 
     model = SANE(shape, seed=config.seed).to(device)
     optimizer = _optimizer(model, config)

@@ -27,6 +27,7 @@ from sane.weights.tokenize import (
     tokenize,
     tokenize_into,
 )
+from sane.weights.tokenizer import Tokenizer
 
 __all__ = [
     "BASELINES",
@@ -37,6 +38,7 @@ __all__ = [
     "TensorStats",
     "TokenLayer",
     "TokenManifest",
+    "Tokenizer",
     "Tokens",
     "align_zoo",
     "apply_permutation",

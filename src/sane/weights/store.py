@@ -44,7 +44,8 @@ from sane.weights.align import Alignment, align_zoo
 from sane.weights.manifest import TokenManifest
 from sane.weights.permutations import PermutationSpec, permutation_spec
 from sane.weights.standardize import Standardization, fit_standardization
-from sane.weights.tokenize import detokenize, make_manifest, tokenize_into
+from sane.weights.tokenize import make_manifest, tokenize_into
+from sane.weights.tokenizer import Tokenizer
 from sane.zoo.architectures import ArchConfig, build_model
 from sane.zoo.layout import as_architecture, zoo_layout
 from sane.zoo.storage import Zoo
@@ -100,6 +101,7 @@ class TokenStore:
             (str(r["model"]), int(r["epoch"]), str(r["split"])) for r in meta["rows"]
         ]
         self.property_names: tuple[str, ...] = tuple(meta["property_names"])
+        self.codec = Tokenizer(self.manifest, self.standardization)  # decoding only
         self.architectures = [ArchConfig.from_dict(a) for a in meta["architectures"]]
         self.row_architecture = [int(r["architecture"]) for r in meta["rows"]]
         if any(not 0 <= a < len(self.architectures) for a in self.row_architecture):
@@ -155,8 +157,21 @@ class TokenStore:
         """The checkpoint of ``row`` rebuilt from its tokens: de-standardized, in the aligned
         frame when the store is aligned; entries kept out of the tokens (batch norm by
         default) hold a fresh module's values."""
-        tokens = torch.from_numpy(np.array(self.tokens[row]))
-        return self.standardization.invert(detokenize(tokens, self.manifest))
+        return self.codec.decode(torch.from_numpy(np.array(self.tokens[row])))
+
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer that made this store, to tokenize models from anywhere: for an
+        aligned store with the alignment reference's weights, read from the zoo (the
+        checkpoint the alignment was computed from)."""
+        alignment = self.alignment
+        if alignment is None:
+            return Tokenizer(self.manifest, self.standardization, self.spec)
+        zoo = Zoo.open(self.meta["zoo"])
+        epoch = alignment.epochs[alignment.reference]
+        reference = zoo_layout(zoo).rename(alignment.reference,
+                                           zoo.load_checkpoint(alignment.reference, epoch))
+        return Tokenizer(self.manifest, self.standardization, alignment.spec, reference,
+                         alignment.seed)
 
     def architecture(self, row: int) -> ArchConfig:
         """The architecture of the model of ``row`` (its own activation, dropout...)."""
