@@ -72,7 +72,7 @@ def test_keys_shifted_by_dropout_are_renamed_and_bad_files_refused(trained_store
     assert set(plain) != set(dropout)
     assert torch.equal(tokenizer.encode(plain), tokenizer.encode(dropout))
     wider = build_model(ArchConfig(name="cnn_s_wide"), seed=0).state_dict()
-    with pytest.raises(FormatError, match="module_list.0.weight"):
+    with pytest.raises(FormatError, match=r"module_list\.0\.weight"):
         tokenizer.encode(wider)
     evil = tmp_path / "evil.pt"
     torch.save({"weight": torch.zeros(2), "config": object.__new__(ArchConfig)}, evil)
