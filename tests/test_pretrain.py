@@ -80,6 +80,15 @@ def test_bf16_autocast_trains(store, tmp_path):
         PretrainConfig(precision="fp16")
 
 
+def test_auto_precision_is_resolved_and_recorded(run):
+    from sane.train.pretraining import bf16_hardware
+
+    out, _ = run
+    recorded = json.loads((out / "run.json").read_text())["pretrain"]["precision"]
+    assert FAST.precision == "auto"
+    assert recorded == ("bf16" if bf16_hardware(torch.device("cpu")) else "fp32")
+
+
 def test_same_seed_gives_the_same_weights_and_a_rerun_changes_nothing(store, run, tmp_path):
     out, _ = run
     again = tmp_path / "again"

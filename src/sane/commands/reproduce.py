@@ -12,12 +12,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     reproduce = subparsers.add_parser(
         "reproduce", help="run the paper's protocols on a generated zoo and write a report",
         description="Train a zoo, align and tokenize it, pretrain SANE, predict properties "
-        "against the W and s(W) baselines, sample models (subsampling, bootstrapping, "
-        "Gaussian prior) and run the layer analysis; writes OUT/report.md. Resumes if "
-        "interrupted.",
+        "against the W and s(W) baselines, sample models (KDE30, subsampling, bootstrapping, "
+        "Gaussian prior) and fine-tune them against training from scratch and the prompts "
+        "(SANE Table 3), with memorization controls, and run the layer analysis; writes "
+        "OUT/report.md. Resumes if interrupted.",
     )
     reproduce.add_argument("--scale", choices=sorted(SCALES), default="quick",
-                           help="quick: digits, minutes; fmnist: Fashion-MNIST, ~30 min")
+                           help="quick: digits hyperparameter zoo, minutes; fmnist-seed: "
+                           "Fashion-MNIST seed zoo, Table 3's setting, about an hour; fmnist: "
+                           "Fashion-MNIST hyperparameter zoo, about an hour")
     reproduce.add_argument("--out", type=Path,
                            help="output directory (default runs/reproduce-SCALE)")
     reproduce.set_defaults(handler=_reproduce)

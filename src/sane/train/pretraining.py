@@ -88,7 +88,7 @@ class PretrainConfig:
     windows_per_checkpoint: int | None = None
     seed: int = 0
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: str = "auto"
     fidelity_models: int = 16
 
     def __post_init__(self) -> None:
@@ -108,7 +108,8 @@ class PretrainConfig:
         check(self.noise >= 0, "noise", "non-negative")
         check(self.windows_per_checkpoint is None or self.windows_per_checkpoint >= 1,
               "windows_per_checkpoint", "positive")
-        check(self.precision in ("fp32", "bf16"), "precision", '"fp32" or "bf16"')
+        check(self.precision in ("auto", "fp32", "bf16"), "precision",
+              '"auto", "fp32" or "bf16"')
         check(self.fidelity_models >= 1, "fidelity_models", "positive")
 
     def to_dict(self) -> dict[str, Any]:
@@ -199,6 +200,9 @@ def pretrain(
     store, out = TokenStore.open(store_path), Path(out)
     shape = model_config(config, store)
     device = _device(config.device)
+    if config.precision == "auto":
+        config = dataclasses.replace(config, precision="bf16" if bf16_hardware(device)
+                                     else "fp32")
     if config.permute and store.spec is None:
         raise ConfigError(f"{store.path}: the architecture has no permutation spec, so the "
                           "second view cannot be permuted; set `permute = false` in the "
@@ -256,6 +260,18 @@ def _device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"pretrain device {name!r}: this torch sees no CUDA device")
     return device
+
+
+def bf16_hardware(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: a CUDA device that supports it, or a
+    CPU whose flags (Linux ``/proc/cpuinfo``) include AVX512-BF16 or AMX-BF16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _claim(out: Path, run: dict[str, Any]) -> None:
