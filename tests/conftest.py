@@ -32,7 +32,8 @@ def random_store(tmp_path_factory) -> TokenStore:
 def tiny_run(random_store, tmp_path_factory) -> tuple[Path, SANE]:
     """A one-epoch pretraining run of a very small SANE on :func:`random_store`."""
     out = tmp_path_factory.mktemp("run")
-    config = PretrainConfig(epochs=1, batch_size=8, model={"d_model": 32, "n_layers": 1})
+    config = PretrainConfig(preset="tiny", epochs=1, batch_size=8,
+                            model={"d_model": 32, "n_layers": 1})
     return out, pretrain(random_store.path, out, config, progress=False)
 
 

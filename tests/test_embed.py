@@ -31,7 +31,8 @@ def test_a_moved_run_embeds_and_reconstructs_like_its_store(trained_store, tmp_p
     store = prepare_store(zoo.path, tmp_path / "store", StoreSettings(align=True),
                           progress=False)
     model = pretrain(store.path, tmp_path / "run",
-                     PretrainConfig(epochs=1, batch_size=8, model={"d_model": 32, "n_layers": 1}),
+                     PretrainConfig(preset="tiny", epochs=1, batch_size=8,
+                                    model={"d_model": 32, "n_layers": 1}),
                      progress=False)
     rows = [r for r, (_, epoch, _) in enumerate(store.rows) if epoch == 3]
     expected = sane_embeddings(model, store)[rows]

@@ -13,7 +13,8 @@ from sane.cli import main
 from sane.errors import ConfigError, FormatError
 from sane.train import PretrainConfig, WindowSampler, load_pretrain_config, pretrain
 
-FAST = PretrainConfig(epochs=3, batch_size=8, model={"d_model": 32, "n_layers": 1})
+FAST = PretrainConfig(preset="tiny", epochs=3, batch_size=8,
+                      model={"d_model": 32, "n_layers": 1})
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,8 @@ def test_every_epoch_decodes_whole_models_and_the_last_measures_accuracy(run):
 
 
 def test_bf16_autocast_trains(store, tmp_path):
-    config = PretrainConfig(epochs=1, batch_size=8, precision="bf16", model=FAST.model)
+    config = PretrainConfig(preset="tiny", epochs=1, batch_size=8, precision="bf16",
+                            model=FAST.model)
     pretrain(store.path, tmp_path / "run", config, progress=False)
     assert 0 < history(tmp_path / "run")[0]["train_reconstruction"] < 10
     with pytest.raises(ConfigError, match="precision must be"):
@@ -200,7 +202,8 @@ def test_a_store_without_permutation_spec_needs_permute_off(store, tmp_path):
     (copy / "store.json").write_text(json.dumps({**meta, "permutation_spec": None}))
     with pytest.raises(ConfigError, match="set `permute = false`"):
         pretrain(copy, tmp_path / "run", FAST, progress=False)
-    config = PretrainConfig(epochs=1, batch_size=8, permute=False, model=FAST.model)
+    config = PretrainConfig(preset="tiny", epochs=1, batch_size=8, permute=False,
+                            model=FAST.model)
     assert pretrain(copy, tmp_path / "run", config, progress=False).config.token_size == 201
 
 

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--out", required=True, type=Path, help="run directory")
     pretrain.add_argument("--config", type=Path,
                           help="TOML file: top-level pretraining keys, a [model] table")
-    pretrain.add_argument("--preset", help="model shape: tiny (default), cpu, small, cnn, resnet")
+    pretrain.add_argument("--preset", help="model shape: cpu (default), tiny, small, cnn, resnet")
     pretrain.add_argument("--epochs", type=int, help="epochs (default 50)")
     pretrain.add_argument("--batch-size", type=int, help="windows per step (default 32)")
     pretrain.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")

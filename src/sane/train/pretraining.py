@@ -75,7 +75,7 @@ class PretrainConfig:
     model once per epoch) sets the epoch length. ``device`` is a torch device string.
     """
 
-    preset: str = "tiny"
+    preset: str = "cpu"
     model: Mapping[str, Any] = field(default_factory=dict)
     epochs: int = 50
     batch_size: int = 32
