@@ -98,7 +98,7 @@ class SANEConfig:
 # Shapes by name; token_size and max_positions come from the data. "cnn" and "resnet" are
 # the published configurations for the CNN and ResNet-18 zoos (d_model 1024 / 2048, 8 + 8
 # blocks, 128 latent dimensions, windows of 64 / 256 tokens); "tiny" trains in seconds on
-# a CPU, for tests and the demo; "cpu" is sized for CNN zoos on a CPU: a latent as wide as a
+# a CPU, for tests; "cpu" (the pretraining default) is sized for CNN zoos on a CPU: a latent as wide as a
 # CNN-s token (201 values), so that whole held-out models decode to working networks (see
 # the README's measurements).
 PRESETS: dict[str, dict[str, Any]] = {
