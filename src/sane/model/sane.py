@@ -98,9 +98,9 @@ class SANEConfig:
 # Shapes by name; token_size and max_positions come from the data. "cnn" and "resnet" are
 # the published configurations for the CNN and ResNet-18 zoos (d_model 1024 / 2048, 8 + 8
 # blocks, 128 latent dimensions, windows of 64 / 256 tokens); "tiny" trains in seconds on
-# a CPU, for tests; "cpu" (the pretraining default) is sized for CNN zoos on a CPU: a latent as wide as a
-# CNN-s token (201 values), so that whole held-out models decode to working networks (see
-# the README's measurements).
+# a CPU, for tests; "cpu" (the pretraining default) is sized for CNN zoos on a CPU, with a
+# latent as wide as a CNN-s token (201 values), so that whole held-out models decode to
+# working networks (see the README's measurements).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"d_model": 64, "n_heads": 4, "n_layers": 2, "d_latent": 16, "window_size": 16},
     "cpu": {"d_model": 256, "n_heads": 8, "n_layers": 2, "d_latent": 256, "window_size": 16},
