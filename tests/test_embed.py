@@ -79,3 +79,19 @@ def test_keys_shifted_by_dropout_are_renamed_and_bad_files_refused(trained_store
     torch.save({"weight": torch.zeros(2), "config": object.__new__(ArchConfig)}, evil)
     with pytest.raises(FormatError, match="weights-only"):
         read_checkpoint(evil)
+
+
+def test_a_store_whose_zoo_is_gone_still_pretrains_without_a_tokenizer(random_store, tmp_path):
+    import json
+
+    copy = shutil.copytree(random_store.path, tmp_path / "store")
+    meta = json.loads((copy / "store.json").read_text())
+    (copy / "store.json").write_text(json.dumps({**meta, "zoo": str(tmp_path / "gone")}))
+    config = PretrainConfig(preset="tiny", epochs=1, batch_size=8,
+                            model={"d_model": 32, "n_layers": 1})
+    with pytest.warns(UserWarning, match="no tokenizer saved"):
+        pretrain(copy, tmp_path / "run", config, progress=False)
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert not (tmp_path / "run" / "tokenizer.json").exists()
+    with pytest.raises(FormatError, match="holds no tokenizer"):
+        embed_checkpoints(tmp_path / "run", [tmp_path / "any.safetensors"])

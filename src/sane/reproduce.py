@@ -14,7 +14,7 @@ Stages (each resumes from what is on disk, so an interrupted run continues):
 6. the layer analysis against WeightWatcher-style metrics (SANE §4, ``OUT/analysis``).
 
 ``OUT/report.md`` collects every table and links the figures; ``OUT/reproduce.json`` holds the
-resolved scale. Scales: ``quick`` (a digits hyperparameter zoo of 40 CNN-s, a tiny SANE;
+resolved scale. Scales: ``quick`` (a digits hyperparameter zoo of 40 CNN-s, a ``cpu`` SANE;
 minutes on a laptop CPU), ``fmnist`` (the 100-model Fashion-MNIST hyperparameter zoo of
 Model Zoos at 10 epochs on 10,000 images, a small SANE) and ``fmnist-seed`` (Table 3's
 setting: a 100-model Fashion-MNIST seed zoo, SANE pretrained on the first half of the epochs,

@@ -36,6 +36,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,7 +223,11 @@ def pretrain(
     _claim(out, {"format": FORMAT, "version": VERSION, "store": str(store.path.resolve()),
                  "pretrain": config.to_dict(), "model": shape.to_dict()})
     if not (out / TOKENIZER_FILE).is_file():  # the run embeds new models without its store
-        store.tokenizer().save_pretrained(out)
+        try:
+            store.tokenizer().save_pretrained(out)
+        except FormatError as error:  # an aligned store whose zoo is gone: no reference
+            warnings.warn(f"{out}: no tokenizer saved, so `sane embed` will not work with "
+                          f"this run ({error})", stacklevel=2)
 
     model = SANE(shape, seed=config.seed).to(device)
     optimizer = _optimizer(model, config)
