@@ -54,9 +54,8 @@ from sane.zoo.layout import as_architecture
 def target_data(store: TokenStore, dataset: str | None = None, root: str | None = None
                 ) -> Dataset:
     """The data of the zoo's task: the zoo's own dataset (:func:`sane.zoo.evaluation.zoo_data`)
-    or, for a new task, ``dataset``
-    (read from ``root``), resized and converted to the zoo's input; it must have as many
-    classes."""
+    or, for a new task, ``dataset`` (read from ``root``), resized and converted to the zoo's
+    input; it must have as many classes."""
     if dataset is None:
         return zoo_data(Zoo.open(store.meta["zoo"]))
     arch = store.architectures[0]

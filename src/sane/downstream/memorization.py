@@ -56,15 +56,17 @@ def flatten(state: State, keys: Sequence[str]) -> torch.Tensor:
     return torch.cat([state[k].detach().double().flatten() for k in keys])
 
 
-def agreement(a: nn.Module, b: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> float:
-    """The fraction of inputs ``x`` on which ``a`` and ``b`` (in eval mode) predict the same
-    class."""
-    a.eval(), b.eval()
+def predictions(net: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The class ``net`` (in eval mode) predicts for each input of ``x``: ``[len(x)]``."""
+    net.eval()
     with torch.no_grad():
-        same = sum(int((a(x[i : i + batch_size]).argmax(1)
-                        == b(x[i : i + batch_size]).argmax(1)).sum())
-                   for i in range(0, len(x), batch_size))
-    return same / len(x)
+        return torch.cat([net(x[i : i + batch_size]).argmax(1)
+                          for i in range(0, len(x), batch_size)])
+
+
+def agreement(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
+    """The fraction of inputs ``x`` on which ``a`` and ``b`` predict the same class."""
+    return (predictions(a, x) == predictions(b, x)).double().mean().item()
 
 
 def memorization_controls(
@@ -80,12 +82,16 @@ def memorization_controls(
     generator = torch.Generator().manual_seed(seed)
     flat = torch.stack([flatten(p, keys) for p in prompts])
     nearest, distance, agree = [], [], []
+    prompt_predictions: dict[int, torch.Tensor] = {}  # each prompt's, computed once
     for state in samples:
         d = torch.linalg.vector_norm(flat - flatten(state, keys), dim=1)
         i = int(d.argmin())
         nearest.append(i)
         distance.append(float(d[i]))
-        agree.append(agreement(load(state), load(prompts[i]), inputs))
+        if i not in prompt_predictions:
+            prompt_predictions[i] = predictions(load(prompts[i]), inputs)
+        agree.append((predictions(load(state), inputs) == prompt_predictions[i])
+                     .double().mean().item())
     noised = [max(score(_noised(prompts[i], keys, dist, generator)) for _ in range(candidates))
               for i, dist in zip(nearest, distance)]
     pairs = _pairs(len(prompts), len(samples) * candidates, generator)

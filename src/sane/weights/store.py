@@ -230,8 +230,9 @@ def prepare_store(
         (load(m, e) for m, e in tqdm(train, desc="standardization", disable=not progress)),
         keys=manifest.tokenized_keys(),
     )
-    architectures = sorted({json.dumps(zoo.model(m).architecture.to_dict(), sort_keys=True)
-                            for m, _, _ in rows})
+    arch_of = {m: json.dumps(zoo.model(m).architecture.to_dict(), sort_keys=True)
+               for m, _, _ in rows}
+    architectures = sorted(set(arch_of.values()))
     _write_tokens(out, rows, manifest, lambda m, e: standardization.apply(load(m, e)), progress)
     atomic.save_array(out / "mask.npy", manifest.mask().numpy())
     atomic.save_array(out / "positions.npy", manifest.positions().numpy())
@@ -243,9 +244,8 @@ def prepare_store(
         "permutation_spec": None if spec is None else spec.to_dict(),
         "alignment_reference": None if alignment is None else alignment.reference,
         "architectures": [json.loads(a) for a in architectures],
-        "rows": [{"model": m, "epoch": e, "split": s, "architecture": architectures.index(
-            json.dumps(zoo.model(m).architecture.to_dict(), sort_keys=True))}
-            for m, e, s in rows],
+        "rows": [{"model": m, "epoch": e, "split": s,
+                  "architecture": architectures.index(arch_of[m])} for m, e, s in rows],
         "skipped_non_finite": skipped["non_finite"],
         "skipped_above_max_abs": skipped["above_max_abs"], "property_names": list(PROPERTIES),
     })
