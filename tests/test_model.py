@@ -77,7 +77,7 @@ def test_bad_inputs_name_what_was_expected():
     ({"d_model": 30}, "divisible by n_heads"),
     ({"n_layers": 0}, "n_layers must be a positive integer"),
     ({"max_positions": (4, 5)}, "three positive integers"),
-    ({"dropout": 1.0}, "dropout must lie in"),
+    ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
 ])
 def test_config_validation(change, message):
     with pytest.raises(ConfigError, match=message):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sane.settings import given
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="inspect image datasets")
@@ -12,14 +14,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("name", help="dataset name, e.g. digits or fashion-mnist")
     info.add_argument("--root", help="directory holding the dataset's files")
     info.add_argument("--size", type=int, help="resize images to SIZE×SIZE")
-    info.add_argument("--seed", type=int, default=0, help="split seed")
+    info.add_argument("--seed", type=int, help="split seed (default 0)")
     info.set_defaults(handler=_info)
 
 
 def _info(args: argparse.Namespace) -> None:
     from sane.data import load_dataset
 
-    ds = load_dataset(args.name, args.root, size=args.size, seed=args.seed)
+    ds = load_dataset(args.name, **given(root=args.root, size=args.size, seed=args.seed))
     print(f"dataset {ds.name}: {ds.num_classes} classes, input shape {list(ds.input_shape)}")
     print(f"source: {ds.source}")
     print(f"split (seed {ds.seed}): {ds.split_note}")

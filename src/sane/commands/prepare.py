@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from sane.errors import ConfigError
+from sane.settings import given
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,12 +19,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument("zoo", type=Path, help="zoo directory (from `sane zoo train/import`)")
     prepare.add_argument("--out", required=True, type=Path, help="store directory to create")
     prepare.add_argument("--token-size", type=int, help="values per token (default: longest row)")
-    prepare.add_argument("--align", action="store_true",
+    prepare.add_argument("--align", action="store_true", default=None,
                          help="align every model to one reference by weight matching")
-    prepare.add_argument("--include-batchnorm", action="store_true",
+    prepare.add_argument("--include-batchnorm", action="store_true", default=None,
                          help="tokenize batch-norm parameters and statistics too")
     prepare.add_argument("--epochs", help="epochs to store, e.g. '21-25' or '0,5,10' (default all)")
-    prepare.add_argument("--seed", type=int, default=0, help="seed of the weight matching order")
+    prepare.add_argument("--seed", type=int,
+                         help="seed of the weight matching order (default 0)")
     prepare.add_argument("--max-abs", type=float,
                          help="leave out checkpoints with a weight of magnitude above MAX_ABS "
                          "(diverged models; default: keep every finite checkpoint)")
@@ -49,10 +51,10 @@ def parse_epochs(text: str | None) -> tuple[int, ...] | None:
 def _prepare(args: argparse.Namespace) -> None:
     from sane.weights.store import StoreSettings, prepare_store
 
-    settings = StoreSettings(token_size=args.token_size, align=args.align,
-                             include_batchnorm=args.include_batchnorm,
-                             epochs=parse_epochs(args.epochs), seed=args.seed,
-                             max_abs=args.max_abs)
+    settings = StoreSettings(**given(token_size=args.token_size, align=args.align,
+                                     include_batchnorm=args.include_batchnorm,
+                                     epochs=parse_epochs(args.epochs), seed=args.seed,
+                                     max_abs=args.max_abs))
     store = prepare_store(args.zoo, args.out, settings)
     m = store.manifest
     print(f"token store {store.path}: {len(store.rows)} checkpoints × {m.num_tokens} tokens × "
@@ -63,6 +65,6 @@ def _prepare(args: argparse.Namespace) -> None:
         print(f"  left out: {store.meta['skipped_non_finite']} checkpoints with non-finite weights")
     if store.meta.get("skipped_above_max_abs"):
         print(f"  left out: {store.meta['skipped_above_max_abs']} checkpoints with weights above "
-              f"{args.max_abs}")
-    if args.align:
+              f"{settings.max_abs}")
+    if settings.align:
         print(f"  aligned to {store.meta['alignment_reference']}")

@@ -22,13 +22,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--epochs", type=int, help="epochs (default 50)")
     pretrain.add_argument("--batch-size", type=int, help="windows per step (default 32)")
     pretrain.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
-    pretrain.add_argument("--seed", type=int, help="seed of initialization and windows")
+    pretrain.add_argument("--seed", type=int, help="seed of initialization and windows (default 0)")
     pretrain.add_argument("--device", help="torch device, e.g. cpu (default) or cuda")
     pretrain.set_defaults(handler=_pretrain)
 
 
 def _pretrain(args: argparse.Namespace) -> None:
-    from sane.train.pretraining import load_pretrain_config, pretrain
+    from sane.train import load_pretrain_config, pretrain
 
     config = load_pretrain_config(args.config, preset=args.preset, epochs=args.epochs,
                                   batch_size=args.batch_size, lr=args.lr, seed=args.seed,

@@ -27,9 +27,10 @@ import torch
 from torch import nn
 
 from sane import atomic
-from sane.errors import ConfigError, FormatError
+from sane.errors import FormatError
 from sane.model.halo import haloed
 from sane.model.transformer import Block, PositionEmbedding
+from sane.settings import from_table, require
 
 FORMAT = "sane-model"
 VERSION = 1
@@ -62,19 +63,12 @@ class SANEConfig:
     def __post_init__(self) -> None:
         for key in ("token_size", "d_model", "n_heads", "n_layers", "d_latent", "window_size",
                     "projection_dim"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"model {key} must be a positive integer, got {value!r}")
-        if len(self.max_positions) != 3 or any(
-            isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.max_positions
-        ):
-            raise ConfigError("model max_positions must be three positive integers (n, l, k), "
-                              f"got {self.max_positions!r}")
-        if self.d_model % self.n_heads or self.d_model % 2:
-            raise ConfigError(f"model d_model ({self.d_model}) must be even and divisible by "
-                              f"n_heads ({self.n_heads})")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"model dropout must lie in [0, 1), got {self.dropout!r}")
+            require(getattr(self, key) >= 1, key, "a positive integer", getattr(self, key))
+        require(len(self.max_positions) == 3 and all(m >= 1 for m in self.max_positions),
+                "max_positions", "three positive integers (n, l, k)", self.max_positions)
+        require(self.d_model % self.n_heads == 0 and self.d_model % 2 == 0, "d_model",
+                f"even and divisible by n_heads ({self.n_heads})", self.d_model)
+        require(0 <= self.dropout < 1, "dropout", "in [0, 1)", self.dropout)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -82,17 +76,10 @@ class SANEConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "model config") -> SANEConfig:
-        if not isinstance(d, dict):
-            raise ConfigError(f"{where}: expected a table of settings")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
-        try:
-            return cls(**{**d, "max_positions": tuple(d.get("max_positions", ()))})
-        except TypeError as error:
-            raise ConfigError(f"{where}: {error}") from error
+    def from_dict(cls, d: Any, where: str = "model config") -> SANEConfig:
+        """The config :meth:`to_dict` wrote (``token_size`` and ``max_positions`` required,
+        other keys default); ConfigError naming ``where`` and the key of a bad value."""
+        return from_table(cls, d, where)
 
 
 # Shapes by name; token_size and max_positions come from the data. "cnn" and "resnet" are

@@ -15,7 +15,9 @@ may start from a preset and override part of it::
     lr = [1e-3, 1e-4]
 
 Every key is checked: an unknown key or a value of the wrong type or range raises
-:class:`~sane.errors.ConfigError` naming the file and the key.
+:class:`~sane.errors.ConfigError` naming the file and the key (:func:`sane.settings.from_table`).
+The ranges are checked by each dataclass's ``__post_init__``, so they hold for configs built in
+code too.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from sane.errors import ConfigError
-from sane.settings import coerce, read_toml, replace_checked
-from sane.zoo.architectures import ACTIVATIONS, ARCHITECTURES, INITS, ArchConfig
+from sane.settings import from_table, read_toml, require
+from sane.zoo.architectures import ArchConfig, check_arch_value
 from sane.zoo.storage import ModelEntry
 
 OPTIMIZERS = ("adam", "sgd")
@@ -62,6 +64,12 @@ class DataConfig:
     seed: int = 0
     train_size: int | None = None
 
+    def __post_init__(self) -> None:
+        require(self.size is None or self.size >= 1, "size", "positive", self.size)
+        require(0 < self.val_fraction < 1, "val_fraction", "in (0, 1)", self.val_fraction)
+        require(self.train_size is None or self.train_size >= 1, "train_size", "positive",
+                self.train_size)
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -80,6 +88,24 @@ class SearchSpace:
     lr: tuple[float, ...] = (3e-4,)
     weight_decay: tuple[float, ...] = (0.0,)
     batch_size: tuple[int, ...] = (10,)
+
+    def __post_init__(self) -> None:
+        first, last = self.seed_range
+        require(0 <= first <= last, "seed_range", "[first, last] with 0 <= first <= last",
+                list(self.seed_range))
+        for key in _SPACE_ARCH_KEYS:
+            for value in getattr(self, key):
+                check_arch_value(key, value)
+        for name in self.optimizer:
+            require(name in OPTIMIZERS, "optimizer", f"one of {list(OPTIMIZERS)}", name)
+        for lr in self.lr:
+            require(lr > 0, "lr", "positive values", lr)
+        for wd in self.weight_decay:
+            require(wd >= 0, "weight_decay", "non-negative values", wd)
+        for batch in self.batch_size:
+            require(batch >= 1, "batch_size", "positive values", batch)
+        for key, values in self.axes.items():
+            require(len(set(values)) == len(values), key, "a list without repeats", list(values))
 
     @property
     def axes(self) -> dict[str, tuple[Any, ...]]:
@@ -138,6 +164,22 @@ class PopulationConfig:
     workers: int = 2
     threads: int = 1
     group_size: int | None = None
+
+    def __post_init__(self) -> None:
+        require(self.mode in MODES, "mode", f"one of {list(MODES)}", self.mode)
+        require(self.train_metrics in TRAIN_METRICS, "train_metrics",
+                f"one of {list(TRAIN_METRICS)}", self.train_metrics)
+        size = self.space.size
+        require(self.models is None or 1 <= self.models <= size, "models",
+                f"between 1 and the {size} recipes of the space", self.models)
+        for key in ("epochs", "workers", "threads"):
+            require(getattr(self, key) >= 1, key, "positive", getattr(self, key))
+        require(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
+        require(len(self.split) == 3 and all(f >= 0 for f in self.split)
+                and math.isclose(sum(self.split), 1), "split",
+                "three non-negative fractions summing to 1", list(self.split))
+        require(self.group_size is None or self.group_size >= 1, "group_size", "positive",
+                self.group_size)
 
     @property
     def num_models(self) -> int:
@@ -330,100 +372,12 @@ def config_from_dict(d: Mapping[str, Any], where: str = "config") -> PopulationC
 
 def _merge(base: PopulationConfig, table: Mapping[str, Any], where: str) -> PopulationConfig:
     """``base`` with the values of ``table`` (nested like the TOML file), checked."""
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{where}: expected a table of settings")
-    sections = {"dataset": base.dataset, "space": base.space}
-    changes: dict[str, Any] = {}
-    for key, value in table.items():
-        if key in sections:
-            changes[key] = replace_checked(sections[key], value, _FIELD_TYPES[type(sections[key])],
-                                           f"{where}: [{key}]")
-        elif key == "architecture":
-            changes[key] = _architecture(base.architecture, value, where)
-        elif key in _FIELD_TYPES[PopulationConfig]:
-            changes[key] = coerce(value, _FIELD_TYPES[PopulationConfig][key], f"{where}: {key}")
-        else:
-            known = sorted([*_FIELD_TYPES[PopulationConfig], "architecture", *sections])
-            raise ConfigError(f"{where}: unknown key {key!r}; known: {', '.join(known)}")
-    config = dataclasses.replace(base, **changes)
-    _validate(config, where)
-    return config
-
-
-def _architecture(base: ArchConfig, table: Any, where: str) -> ArchConfig:
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{where}: [architecture]: expected a table of settings")
-    for key in _SPACE_ARCH_KEYS:
-        if key in table:
-            raise ConfigError(f"{where}: [architecture] {key}: set it in [space] as a list "
+    architecture = table.get("architecture") if isinstance(table, Mapping) else None
+    for key in _SPACE_ARCH_KEYS if isinstance(architecture, Mapping) else ():
+        if key in architecture:
+            raise ConfigError(f"{where}: architecture.{key}: set it in [space] as a list "
                               f"(it varies per model)")
-    return replace_checked(base, table, _FIELD_TYPES[ArchConfig], f"{where}: [architecture]")
-
-
-# The type each settable field accepts (see sane.settings).
-_FIELD_TYPES: dict[type, dict[str, Any]] = {
-    DataConfig: {"name": str, "root": ("optional", str), "size": ("optional", int),
-                 "grayscale": bool, "val_fraction": float, "seed": int,
-                 "train_size": ("optional", int)},
-    SearchSpace: {"seed_range": (int, 2), "activation": (str, ...), "init": (str, ...),
-                  "dropout": (float, ...), "optimizer": (str, ...), "lr": (float, ...),
-                  "weight_decay": (float, ...), "batch_size": (int, ...)},
-    ArchConfig: {"name": str, "in_channels": int, "num_classes": int, "input_size": int,
-                 "width": int, "hidden": (int, ...)},
-    PopulationConfig: {"mode": str, "models": ("optional", int), "sample_seed": int,
-                       "epochs": int, "momentum": float, "train_metrics": str,
-                       "split": (float, 3), "split_seed": int, "workers": int,
-                       "threads": int, "group_size": ("optional", int)},
-}
-
-
-def _validate(config: PopulationConfig, where: str) -> None:
-    def check(ok: bool, key: str, expected: str, value: Any) -> None:
-        if not ok:
-            raise ConfigError(f"{where}: {key} must be {expected}, got {value!r}")
-
-    data, space, arch = config.dataset, config.space, config.architecture
-    check(data.size is None or data.size >= 1, "dataset.size", "positive", data.size)
-    check(0 < data.val_fraction < 1, "dataset.val_fraction", "in (0, 1)", data.val_fraction)
-    check(data.train_size is None or data.train_size >= 1, "dataset.train_size", "positive",
-          data.train_size)
-    check(arch.name in ARCHITECTURES, "architecture.name", f"one of {sorted(ARCHITECTURES)}",
-          arch.name)
-    for key in ("in_channels", "num_classes", "input_size", "width"):
-        check(getattr(arch, key) >= 1, f"architecture.{key}", "positive", getattr(arch, key))
-    lo, hi = space.seed_range
-    check(0 <= lo <= hi, "space.seed_range", "[first, last] with 0 <= first <= last",
-          list(space.seed_range))
-    for name in space.activation:
-        check(name in ACTIVATIONS, "space.activation", f"from {sorted(ACTIVATIONS)}", name)
-    for name in space.init:
-        check(name in INITS, "space.init", f"from {sorted(INITS)}", name)
-    for name in space.optimizer:
-        check(name in OPTIMIZERS, "space.optimizer", f"from {list(OPTIMIZERS)}", name)
-    for p in space.dropout:
-        check(0 <= p < 1, "space.dropout", "values in [0, 1)", p)
-    for lr in space.lr:
-        check(lr > 0, "space.lr", "positive values", lr)
-    for wd in space.weight_decay:
-        check(wd >= 0, "space.weight_decay", "non-negative values", wd)
-    for b in space.batch_size:
-        check(b >= 1, "space.batch_size", "positive values", b)
-    for key, values in space.axes.items():
-        check(len(set(values)) == len(values), f"space.{key}", "a list without repeats", values)
-    check(config.mode in MODES, "mode", f"one of {list(MODES)}", config.mode)
-    check(config.train_metrics in TRAIN_METRICS, "train_metrics",
-          f"one of {list(TRAIN_METRICS)}", config.train_metrics)
-    if config.models is not None:
-        check(1 <= config.models <= space.size, "models",
-              f"between 1 and the {space.size} recipes of the space", config.models)
-    check(config.epochs >= 1, "epochs", "positive", config.epochs)
-    check(0 <= config.momentum < 1, "momentum", "in [0, 1)", config.momentum)
-    check(all(f >= 0 for f in config.split) and math.isclose(sum(config.split), 1), "split",
-          "three non-negative fractions summing to 1", list(config.split))
-    check(config.workers >= 1, "workers", "positive", config.workers)
-    check(config.threads >= 1, "threads", "positive", config.threads)
-    check(config.group_size is None or config.group_size >= 1, "group_size", "positive",
-          config.group_size)
+    return from_table(base, table, where)
 
 
 # -- enumeration ---------------------------------------------------------------------------

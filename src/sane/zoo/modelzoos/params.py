@@ -77,9 +77,9 @@ def architecture_from_params(
                                  else _value(params, "model::o_dim", int, file))
     overrides = {k[len(ARCH_PREFIX):]: v for k, v in params.items() if k.startswith(ARCH_PREFIX)}
     try:
-        return ArchConfig.from_dict({**ArchConfig(**fields).to_dict(), **overrides})
-    except (ConfigError, TypeError, ValueError) as error:
-        raise FormatError(f"{file}: {error}") from error
+        return ArchConfig.from_dict({**fields, **overrides}, f"{file}: architecture")
+    except ConfigError as error:
+        raise FormatError(str(error)) from error
 
 
 def params_from_entry(
