@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # any other version or an open range pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(BIN)/sane: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(BIN)/sane
 
 test: $(BIN)/sane
 	$(BIN)/python -m pytest
+
+# The tests not marked slow (`@pytest.mark.slow`: more than ~3 s each).
+test-fast: $(BIN)/sane
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(BIN)/sane
 	$(BIN)/ruff check .

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from sane.weights import align_zoo, choose_reference, distance, permutation_spec, weight_matching
+from sane.weights import align_zoo, distance, permutation_spec, weight_matching
+from sane.weights.align import choose_reference
 from sane.weights.permutations import apply_permutation
 from sane.zoo.architectures import ArchConfig, build_model
 from sane.zoo.storage import ModelEntry, Zoo

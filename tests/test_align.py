@@ -15,13 +15,13 @@ from sane.weights import (
     Alignment,
     align_zoo,
     apply_permutation,
-    choose_reference,
     distance,
-    invert,
     permutation_spec,
     random_permutation,
     weight_matching,
 )
+from sane.weights.align import choose_reference
+from sane.weights.permutations import invert
 from sane.zoo.architectures import ArchConfig, build_model
 from sane.zoo.layout import zoo_layout
 from sane.zoo.storage import ModelEntry, Zoo

@@ -15,7 +15,8 @@ CASES = [
     (ArchConfig(name="cnn_l", in_channels=3, input_size=32), 64, False),
     (ArchConfig(name="mlp", input_size=6, hidden=(12, 8)), 5, False),
     (ArchConfig(name="cnn1d", input_size=40), 30, False),
-    (ArchConfig(name="resnet18", in_channels=3, input_size=32), 288, True),  # BN tokens too
+    pytest.param(ArchConfig(name="resnet18", in_channels=3, input_size=32), 288, True,
+                 marks=pytest.mark.slow),  # BN tokens too
 ]
 
 

@@ -13,12 +13,12 @@ from sane.errors import ConfigError, FormatError
 from sane.weights import (
     apply_permutation,
     distance,
-    identity_permutation,
     matching,
     permutation_spec,
     random_permutation,
     weight_matching,
 )
+from sane.weights.permutations import identity_permutation
 from sane.zoo.architectures import ArchConfig, build_model
 
 CONFIGS = {

@@ -14,13 +14,10 @@ from sane.errors import ConfigError, FormatError
 from sane.weights import (
     PermutationSpec,
     apply_permutation,
-    compose,
-    identity_permutation,
-    invert,
     permutation_spec,
     random_permutation,
 )
-from sane.weights.permutations import block_index
+from sane.weights.permutations import block_index, compose, identity_permutation, invert
 from sane.zoo.architectures import ArchConfig, build_model
 
 

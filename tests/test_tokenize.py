@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sane.errors import ConfigError, FormatError
-from sane.weights import TokenManifest, detokenize, make_manifest, tokenize, tokenize_into
+from sane.weights import TokenManifest, detokenize, make_manifest, tokenize
+from sane.weights.tokenize import tokenize_into
 from sane.zoo.architectures import ArchConfig, build_model
 
 BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}

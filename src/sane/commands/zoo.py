@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sane.settings import given
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     zoo = subparsers.add_parser("zoo", help="train, import, export and summarize model zoos")
@@ -30,11 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument("path", type=Path, help="directory of ray-tune trial folders")
     imp.add_argument("--out", required=True, type=Path,
                      help="zoo directory to create (or to finish, after an interruption)")
-    imp.add_argument("--max-abs", type=float, default=None, metavar="X",
+    imp.add_argument("--max-abs", type=float, metavar="X",
                      help="skip checkpoints with a weight of magnitude above X "
                      "(default 1e4; the Model Zoos loaders used 5 for the CNN zoos)")
-    imp.add_argument("--split-seed", type=int, default=0, help="seed of the 70/15/15 split")
-    imp.add_argument("--strict", action="store_true",
+    imp.add_argument("--split-seed", type=int, help="seed of the 70/15/15 split (default 0)")
+    imp.add_argument("--strict", action="store_true", default=None,
                      help="fail on the first bad trial or checkpoint instead of skipping it")
     imp.set_defaults(handler=_import)
 
@@ -52,10 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from sane.zoo.config import load_config
-    from sane.zoo.train import train_population
+    from sane.zoo.generate import train_population
 
-    overrides = {"models": args.models, "epochs": args.epochs, "train_size": args.train_size}
-    config = load_config(args.config, **{k: v for k, v in overrides.items() if v is not None})
+    config = load_config(args.config, **given(models=args.models, epochs=args.epochs,
+                                              train_size=args.train_size))
     zoo = train_population(config, args.out)
     print(f"zoo with {len(zoo.models)} models written to {zoo.path}")
 
@@ -68,11 +70,10 @@ def _presets(args: argparse.Namespace) -> None:
 
 
 def _import(args: argparse.Namespace) -> None:
-    from sane.zoo.modelzoos.reader import DEFAULT_MAX_ABS, import_modelzoos
+    from sane.zoo.modelzoos.reader import import_modelzoos
 
-    max_abs = DEFAULT_MAX_ABS if args.max_abs is None else args.max_abs
-    report = import_modelzoos(args.path, args.out, max_abs=max_abs, split_seed=args.split_seed,
-                              strict=args.strict)
+    report = import_modelzoos(args.path, args.out, **given(
+        max_abs=args.max_abs, split_seed=args.split_seed, strict=args.strict))
     print(report)
 
 

@@ -1,6 +1,10 @@
-"""Weights as token sequences: tokenize, standardize, permutation symmetries, baselines."""
+"""Weights as token sequences: tokenize, standardize, permutation symmetries, baselines.
 
-from sane.weights.align import Alignment, align_zoo, choose_reference, zoo_permutation_spec
+The package exports what users call; helpers the library itself needs (permutation algebra,
+manifest entries, per-tensor statistics...) are imported from their modules.
+"""
+
+from sane.weights.align import Alignment, align_zoo
 from sane.weights.baselines import (
     BASELINES,
     sw_layer,
@@ -8,47 +12,31 @@ from sane.weights.baselines import (
     sw_tensor_var,
     w_features,
 )
-from sane.weights.manifest import ExcludedTensor, TokenLayer, TokenManifest
+from sane.weights.manifest import TokenManifest
 from sane.weights.matching import distance, weight_matching
 from sane.weights.permutations import (
     PermutationSpec,
     apply_permutation,
-    compose,
-    identity_permutation,
-    invert,
     permutation_spec,
     random_permutation,
 )
-from sane.weights.standardize import Standardization, TensorStats, fit_standardization
-from sane.weights.tokenize import (
-    Tokens,
-    detokenize,
-    make_manifest,
-    tokenize,
-    tokenize_into,
-)
+from sane.weights.standardize import Standardization, fit_standardization
+from sane.weights.tokenize import Tokens, detokenize, make_manifest, tokenize
 from sane.weights.tokenizer import Tokenizer
 
 __all__ = [
     "BASELINES",
     "Alignment",
-    "ExcludedTensor",
     "PermutationSpec",
     "Standardization",
-    "TensorStats",
-    "TokenLayer",
     "TokenManifest",
     "Tokenizer",
     "Tokens",
     "align_zoo",
     "apply_permutation",
-    "choose_reference",
-    "compose",
     "detokenize",
     "distance",
     "fit_standardization",
-    "identity_permutation",
-    "invert",
     "make_manifest",
     "permutation_spec",
     "random_permutation",
@@ -56,8 +44,6 @@ __all__ = [
     "sw_tensor_std",
     "sw_tensor_var",
     "tokenize",
-    "tokenize_into",
     "w_features",
     "weight_matching",
-    "zoo_permutation_spec",
 ]

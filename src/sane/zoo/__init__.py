@@ -2,10 +2,10 @@
 
 from sane.zoo.architectures import ARCHITECTURES, ArchConfig, build_model
 from sane.zoo.config import PRESETS, PopulationConfig, load_config
+from sane.zoo.generate import train_population
 from sane.zoo.modelzoos.reader import import_modelzoos
 from sane.zoo.modelzoos.writer import export_modelzoos
 from sane.zoo.storage import ModelEntry, Zoo
-from sane.zoo.train import train_population
 
 __all__ = [
     "ARCHITECTURES",

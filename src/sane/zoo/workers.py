@@ -1,10 +1,11 @@
 """Train groups of models in parallel worker processes.
 
-Groups are independent, so ``W`` processes of one thread each keep ``W`` cores busy without
-the synchronization of multithreaded kernels, whose cost grows when other jobs share the
-machine. Each group is trained from start to end by one worker with the config's thread
-count, so the results do not depend on the number of workers or on which worker took which
-group. The images are loaded once and shared with the workers through shared memory.
+Each worker runs :func:`~sane.zoo.group_training.train_group`. Groups are independent, so
+``W`` processes of one thread each keep ``W`` cores busy without the synchronization of
+multithreaded kernels, whose cost grows when other jobs share the machine. Each group is
+trained from start to end by one worker with the config's thread count, so the results do not
+depend on the number of workers or on which worker took which group. The images are loaded
+once and shared with the workers through shared memory.
 
 Workers die with the main process (Linux: ``PR_SET_PDEATHSIG``; elsewhere they check their
 parent at every step), so a killed run never leaves a worker writing into a zoo that a rerun
@@ -21,17 +22,15 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.multiprocessing as mp
 
 from sane import errors
+from sane.zoo.config import PopulationConfig
+from sane.zoo.group_training import TrainingData, train_group
 from sane.zoo.storage import ModelEntry, Zoo
-
-if TYPE_CHECKING:
-    from sane.zoo.config import PopulationConfig
-    from sane.zoo.train import TrainingData
 
 # Seconds between progress messages of a worker (keeps the queue quiet).
 _REPORT_EVERY = 0.5
@@ -92,8 +91,6 @@ def run_in_workers(
 def _work(path: Path, config: PopulationConfig, data: TrainingData, todo: Any, events: Any,
           parent: int) -> None:
     """A worker: train groups from ``todo`` until it yields ``None``."""
-    from sane.zoo.train import train_group
-
     _die_with(parent)
     torch.set_num_threads(config.threads)
     pending, last = 0.0, time.monotonic()
