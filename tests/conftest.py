@@ -34,7 +34,7 @@ def tiny_run(random_store, tmp_path_factory) -> tuple[Path, SANE]:
     out = tmp_path_factory.mktemp("run")
     config = PretrainConfig(preset="tiny", epochs=1, batch_size=8,
                             model={"d_model": 32, "n_layers": 1})
-    return out, pretrain(random_store.path, out, config, progress=False)
+    return out, pretrain(random_store.path, out, config, progress=False).model
 
 
 @pytest.fixture(scope="session")

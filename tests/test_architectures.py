@@ -13,9 +13,13 @@ CASES = [
     (ArchConfig(name="cnn_s", in_channels=3), (2, 3, 28, 28), 2_864),
     (ArchConfig(name="cnn_s", dropout=0.5), (2, 1, 28, 28), 2_464),
     (ArchConfig(name="cnn_s_wide"), (2, 1, 28, 28), 8_950),
+    (ArchConfig(name="cnn_s_deep"), (2, 1, 28, 28), 2_464 + 6 * 6 * 9 + 6),
     (ArchConfig(name="cnn_l", in_channels=3, input_size=32), (2, 3, 32, 32), 10_853),
     (ArchConfig(name="mlp", input_size=8, hidden=(16,)), (2, 1, 8, 8), 64 * 16 + 16 + 16 * 10 + 10),
     (ArchConfig(name="cnn1d", input_size=40), (2, 1, 40), 5_338),
+    # stem 72 + 16, block 8→8 1,184, block 8→16 (with downsample) 3,680, fc 170
+    (ArchConfig(name="resnet_s"), (2, 1, 28, 28), 5_122),
+    (ArchConfig(name="resnet_s_deep"), (2, 1, 28, 28), 5_122 + 1_184 + 2 * 2_304 + 64),
     (ArchConfig(name="resnet18", in_channels=3, input_size=32), (1, 3, 32, 32), 11_173_962),
     (ArchConfig(name="resnet34", in_channels=3, input_size=32), (1, 3, 32, 32), 21_282_122),
     (ArchConfig(name="resnet18", in_channels=3, num_classes=100), (1, 3, 32, 32), 11_220_132),
@@ -87,8 +91,10 @@ def test_activation_option(activation):
 
 @pytest.mark.parametrize(
     ("change", "message"),
-    [({"name": "vgg"}, "unknown architecture"), ({"activation": "swish"}, "unknown activation"),
-     ({"init": "zeros"}, "unknown init"), ({"dropout": 1.0}, "dropout"),
+    [({"name": "vgg"}, r"name must be one of \[.*'cnn_s'.*\], got 'vgg'"),
+     ({"activation": "swish"}, r"activation must be one of \[.*'relu'.*\], got 'swish'"),
+     ({"init": "zeros"}, r"init must be one of \[.*'uniform'.*\], got 'zeros'"),
+     ({"dropout": 1.0}, "dropout"),
      ({"num_classes": 0}, "num_classes"), ({"input_size": 8}, "input size too small"),
      ({"name": "resnet18", "dropout": 0.5}, "resnet18 has no dropout layers")],
 )
@@ -100,7 +106,7 @@ def test_bad_config_raises(change, message):
 def test_config_dict_round_trip_and_unknown_keys():
     config = ArchConfig(name="mlp", hidden=(8, 4), dropout=0.5)
     assert ArchConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ConfigError, match="unknown architecture keys"):
+    with pytest.raises(ConfigError, match="architecture: unknown key 'depth'; known: activation"):
         ArchConfig.from_dict({"name": "cnn_s", "depth": 3})
 
 

@@ -10,15 +10,18 @@ from sane.cli import main
 def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     report = (tmp_path / "report.md").read_text()
-    assert "72 checkpoints × 48 tokens × 201 values" in report  # 12 models × epochs 0..5
+    assert report.startswith("# sane demo: digits-cnn-s-seed")
+    # 12 models × epochs 0..5
+    assert "72 checkpoints (every epoch) × 48 tokens × 201 values" in report
     assert (tmp_path / "zoo" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "15 epochs: validation reconstruction loss" in report
-    assert "training models decoded whole: R²" in report
+    assert "15 epochs (" in report and "validation reconstruction loss" in report
+    assert "| split | models | whole-model R² | test accuracy: original | decoded |" in report
     assert "| property | SANE | W | sW-layer |" in report
     assert (tmp_path / "probes" / "embeddings.npy").is_file()
-    assert "20 drawn around 5 prompt models, the 5 best kept" in report
-    assert len(list((tmp_path / "samples").glob("sample_*.safetensors"))) == 5
-    assert "memorization baselines: noised prompts" in report
+    assert "SUB keeps the 5 best of 20 draws around the first 5 training models" in report
+    assert len(list((tmp_path / "samples-sub").glob("sample_*.safetensors"))) == 5
+    assert "| SANE_SUB |" in report and "SANE_KDE30" not in report
+    assert "Layer analysis" not in report and "Mean ± std" not in report
     assert SANE.from_pretrained(tmp_path / "sane").config.token_size == 201
     files = [tmp_path / "zoo" / "models" / "m0000" / "epoch_005.safetensors",
              tmp_path / "store" / "tokens.npy", tmp_path / "sane" / "training.safetensors"]

@@ -1,5 +1,5 @@
-"""A pretraining run is portable: its tokenizer embeds and reconstructs models from anywhere,
-with no zoo or token store present (`sane embed`)."""
+"""A pretraining run is portable: it embeds, reconstructs and samples models from anywhere,
+with no zoo or token store present (`sane.Pipeline`, `sane embed`)."""
 
 from __future__ import annotations
 
@@ -10,63 +10,122 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import sane
 from sane.cli import main
 from sane.downstream import sane_embeddings
 from sane.downstream.embedding import embed_checkpoints, read_checkpoint
-from sane.errors import FormatError
+from sane.errors import ConfigError, FormatError
 from sane.model import SANE
+from sane.pipeline import Pipeline
 from sane.train import PretrainConfig, pretrain
-from sane.weights.store import StoreSettings, prepare_store
+from sane.train.config import model_config
+from sane.weights.store import StoreSettings, TokenStore, prepare_store
 from sane.weights.tokenizer import Tokenizer
 from sane.zoo import ArchConfig, Zoo, build_model
 
 
-def _reconstruct(model, tokens, positions):
-    with torch.no_grad():
-        return model.decode_sequence(model.encode_sequence(tokens[None], positions), positions)[0]
+def _load(zoo: Zoo, model_id: str, epoch: int) -> torch.nn.Module:
+    net = build_model(zoo.model(model_id).architecture)
+    net.load_state_dict(zoo.load_checkpoint(model_id, epoch))
+    return net
 
 
-def test_a_moved_run_embeds_and_reconstructs_like_its_store(trained_store, tmp_path, capsys):
-    zoo = Zoo.open(shutil.copytree(trained_store.meta["zoo"], tmp_path / "zoo"))
+def _assert_equal(a: dict, b: dict) -> None:
+    assert list(a) == list(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module")
+def tiny_digits_run(trained_store) -> SANE:
+    """An untrained small SANE for ``trained_store``'s tokens."""
+    return SANE(model_config(PretrainConfig(preset="tiny", model={"d_model": 32}),
+                             trained_store))
+
+
+@pytest.mark.slow
+def test_a_copied_run_without_store_or_zoo_embeds_reconstructs_and_samples_as_the_original(
+        trained_store, tmp_path, capsys):
+    zoo = Zoo.open(shutil.copytree(trained_store.zoo_path, tmp_path / "zoo"))
     store = prepare_store(zoo.path, tmp_path / "store", StoreSettings(align=True),
                           progress=False)
     model = pretrain(store.path, tmp_path / "run",
                      PretrainConfig(preset="tiny", epochs=1, batch_size=8,
                                     model={"d_model": 32, "n_layers": 1}),
-                     progress=False)
+                     progress=False).model
     rows = [r for r, (_, epoch, _) in enumerate(store.rows) if epoch == 3]
-    expected = sane_embeddings(model, store)[rows]
+    nets = [_load(zoo, store.rows[r][0], 3) for r in rows]
     files = []
-    for i, r in enumerate(rows):  # the last checkpoints, kept outside the zoo
-        state = zoo.load_checkpoint(store.rows[r][0], 3)
+    for i, net in enumerate(nets):  # the last checkpoints, kept outside the zoo
         files.append(tmp_path / "elsewhere" / (f"m{i}.pt" if i % 2 else f"m{i}.safetensors"))
         files[-1].parent.mkdir(exist_ok=True)
+        state = net.state_dict()
         torch.save(state, files[-1]) if i % 2 else save_file(state, str(files[-1]))
-    reconstructed = _reconstruct(model, torch.tensor(store.tokens[rows[0]]), store.positions)
-    moved = shutil.move(tmp_path / "run", tmp_path / "moved")
+    original = Pipeline.from_pretrained(tmp_path / "run")
+    embedded = original.embed(nets)
+    reconstructed = original.reconstruct(nets[0])
+    sampled = original.sample(nets[:3], 4, seed=5)
+
+    copy = shutil.copytree(tmp_path / "run", tmp_path / "copy")
     shutil.rmtree(zoo.path)
     shutil.rmtree(store.path)
-
-    np.testing.assert_allclose(embed_checkpoints(moved, files), expected, atol=1e-5)
-    tokenizer = Tokenizer.from_pretrained(moved)
-    loaded = SANE.from_pretrained(moved)
-    tokens = tokenizer.encode(read_checkpoint(files[0]))
-    again = _reconstruct(loaded, tokens, tokenizer.manifest.positions())
-    torch.testing.assert_close(again, reconstructed, rtol=1e-5, atol=1e-5)
-    decoded = tokenizer.decode(again)
-    assert set(decoded) == set(tokenizer.manifest.keys)
+    shutil.rmtree(tmp_path / "run")
+    moved = sane.Pipeline.from_pretrained(copy)
+    # The original's embeddings are those of the store the SANE was trained on.
+    np.testing.assert_allclose(embedded, sane_embeddings(model, store)[rows], atol=1e-5)
+    np.testing.assert_array_equal(moved.embed(nets), embedded)
+    np.testing.assert_array_equal(embed_checkpoints(copy, files), embedded)
+    _assert_equal(moved.reconstruct(nets[0]).state_dict(), reconstructed.state_dict())
+    for a, b in zip(moved.sample(nets[:3], 4, seed=5), sampled):
+        _assert_equal(a.state_dict(), b.state_dict())
 
     out = tmp_path / "e.npy"
-    assert main(["embed", str(moved), *map(str, files), "--out", str(out)]) == 0
-    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+    assert main(["embed", str(copy), *map(str, files), "--out", str(out)]) == 0
+    np.testing.assert_array_equal(np.load(out), embedded)
     mlp = tmp_path / "mlp.safetensors"
     save_file(build_model(ArchConfig(name="mlp")).state_dict(), str(mlp))
-    assert main(["embed", str(moved), str(mlp), "--out", str(out)]) == 2
-    assert "key 'module_list.0.weight' is missing" in capsys.readouterr().err
+    assert main(["embed", str(copy), str(mlp), "--out", str(out)]) == 2
+    assert f"{mlp}: the state dict does not fit this tokenizer: key 'module_list.0.weight' " \
+           "is missing" in capsys.readouterr().err
+
+
+def test_pipeline_outputs_take_the_form_of_its_inputs(trained_store, tiny_digits_run):
+    pipe = sane.Pipeline(tiny_digits_run, trained_store.tokenizer)
+    arch = trained_store.architecture(0)
+    dropout = build_model(ArchConfig(**{**arch.to_dict(), "dropout": 0.5}), seed=3)
+    new = pipe.sample([dropout], 2, bandwidth=0.0)
+    assert all(type(n) is type(dropout) and not n.training for n in new)
+    # Bandwidth 0 reproduces the prompt's reconstruction; a state dict keeps its own keys.
+    _assert_equal(new[0].state_dict(), pipe.reconstruct(dropout).state_dict())
+    state = pipe.reconstruct(dropout.state_dict())
+    assert list(state) == list(dropout.state_dict())
+    _assert_equal(state, new[1].state_dict())
+    # The decoded weights are the de-standardized decoded tokens.
+    tokens = pipe.model.decode_sequence(pipe.latents([dropout]), pipe.positions)[0]
+    decoded = trained_store.tokenizer.decode(tokens)
+    assert all(torch.equal(a, b) for a, b in zip(decoded.values(), state.values()))
+    with pytest.raises(ConfigError, match="non-empty list of models"):
+        pipe.embed(dropout)
+    with pytest.raises(FormatError, match=r"model 1: the state dict does not fit"):
+        pipe.embed([dropout, build_model(ArchConfig(name="mlp"))])
+    with pytest.raises(ConfigError, match="count >= 1 and bandwidth >= 0"):
+        pipe.sample([dropout], 0)
+
+
+def test_a_tokenizer_fitted_on_a_zoo_is_the_store_s(trained_store):
+    fitted = Tokenizer.fit(trained_store.zoo_path, align=True)
+    store = trained_store.tokenizer
+    assert fitted.manifest == store.manifest
+    assert fitted.standardization == store.standardization
+    _assert_equal(fitted.reference, store.reference)
+    state = Zoo.open(trained_store.zoo_path).load_checkpoint("m0003", 2)
+    assert torch.equal(fitted.encode(state), store.encode(state))
+    plain = Tokenizer.fit(trained_store.zoo_path, epochs=[3])
+    assert plain.reference is None and plain.standardization != store.standardization
 
 
 def test_keys_shifted_by_dropout_are_renamed_and_bad_files_refused(trained_store, tmp_path):
-    tokenizer = trained_store.tokenizer()
+    tokenizer = trained_store.tokenizer
     arch = trained_store.architecture(0)
     plain = build_model(arch, seed=3).state_dict()
     dropout = build_model(ArchConfig(**{**arch.to_dict(), "dropout": 0.5}), seed=3).state_dict()
@@ -81,17 +140,15 @@ def test_keys_shifted_by_dropout_are_renamed_and_bad_files_refused(trained_store
         read_checkpoint(evil)
 
 
-def test_a_store_whose_zoo_is_gone_still_pretrains_without_a_tokenizer(random_store, tmp_path):
-    import json
-
-    copy = shutil.copytree(random_store.path, tmp_path / "store")
-    meta = json.loads((copy / "store.json").read_text())
-    (copy / "store.json").write_text(json.dumps({**meta, "zoo": str(tmp_path / "gone")}))
+def test_a_store_whose_zoo_is_gone_pretrains_a_run_that_embeds(trained_store, tmp_path):
+    copy = shutil.copytree(trained_store.path, tmp_path / "store")  # its zoo is not beside it
+    assert not TokenStore.open(copy).zoo_path.exists()
+    checkpoint = Zoo.open(trained_store.zoo_path).load_checkpoint("m0001", 3)
     config = PretrainConfig(preset="tiny", epochs=1, batch_size=8,
                             model={"d_model": 32, "n_layers": 1})
-    with pytest.warns(UserWarning, match="no tokenizer saved"):
-        pretrain(copy, tmp_path / "run", config, progress=False)
-    assert (tmp_path / "run" / "model.safetensors").is_file()
-    assert not (tmp_path / "run" / "tokenizer.json").exists()
+    model = pretrain(copy, tmp_path / "run", config, progress=False).model
+    expected = sane.Pipeline(model, trained_store.tokenizer).embed([checkpoint])
+    np.testing.assert_array_equal(Pipeline.from_pretrained(tmp_path / "run").embed([checkpoint]),
+                                  expected)
     with pytest.raises(FormatError, match="holds no tokenizer"):
-        embed_checkpoints(tmp_path / "run", [tmp_path / "any.safetensors"])
+        Tokenizer.from_pretrained(tmp_path)

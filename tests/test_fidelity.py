@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from sane.downstream.generation import target_data
+from sane.stages.prompts import target_data
 from sane.train.fidelity import fidelity_markdown, fidelity_rows, split_fidelity
 from sane.zoo import Zoo
 from sane.zoo.evaluation import accuracy
@@ -28,7 +28,7 @@ class NoisyIdentity(nn.Module):
 
 
 def test_store_rows_know_their_architecture_and_score_as_in_training(trained_store):
-    zoo = Zoo.open(trained_store.meta["zoo"])
+    zoo = Zoo.open(trained_store.zoo_path)
     data = target_data(trained_store)
     assert {a.activation for a in trained_store.architectures} == {"tanh", "relu"}
     for row in fidelity_rows(trained_store, "val", 10) + fidelity_rows(trained_store, "train", 10):

@@ -8,11 +8,14 @@ import pytest
 
 from sane.cli import main
 from sane.data import load_dataset
-from sane.downstream.finetuning import finetune_samples, train_and_track
-from sane.downstream.generation import sample_from_run
 from sane.downstream.sampling import SamplingConfig
 from sane.errors import ConfigError, FormatError
+from sane.stages.finetune import finetune_samples, train_and_track
+from sane.stages.sample import sample_from_run
 from sane.zoo import ArchConfig, build_model
+
+# Every test fine-tunes models for seconds, or reuses what a test before it fine-tuned.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,7 @@ def samples(tiny_run, tmp_path_factory):
 
 def test_every_group_trains_the_same_way_from_its_own_start(samples):
     result = finetune_samples(samples, epochs=2, lr=3e-3)
-    groups = result["accuracy"]
+    groups = result.accuracy
     assert {name: len(runs) for name, runs in groups.items()} == {
         "sampled": 2, "random init": 2, "prompts": 2}
     assert all(len(run) == 3 for runs in groups.values() for run in runs)  # epochs 0, 1, 2
@@ -57,7 +60,8 @@ def test_the_same_request_twice_computes_nothing_again(tiny_run, samples):
     stamps = {f: f.stat().st_mtime_ns for f in samples.iterdir()}
     again = sample_from_run(tiny_run[0], samples, prompts=2,
                             config=SamplingConfig(samples=4, keep=2))
-    assert again == json.loads((samples / "samples.json").read_text())
+    assert again.to_dict() == json.loads((samples / "samples.json").read_text())
+    assert again.kept_mean == sum(s["score"] for s in again.samples) / 2
     first = finetune_samples(samples, epochs=1)
     assert finetune_samples(samples, epochs=1) == first
     assert all(f.stat().st_mtime_ns == t for f, t in stamps.items() if f.suffix != ".json"
@@ -65,5 +69,5 @@ def test_the_same_request_twice_computes_nothing_again(tiny_run, samples):
     assert (samples / "samples.json").stat().st_mtime_ns == stamps[samples / "samples.json"]
     other = sample_from_run(tiny_run[0], samples, prompts=2,
                             config=SamplingConfig(samples=4, keep=1))
-    assert len(other["samples"]) == 1 and len(list(samples.glob("sample_*"))) == 1
+    assert len(other.samples) == 1 and len(list(samples.glob("sample_*"))) == 1
     assert finetune_samples(samples, epochs=1) != first  # other samples, fine-tuned anew

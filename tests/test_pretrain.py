@@ -25,7 +25,7 @@ def store(random_store):
 @pytest.fixture(scope="module")
 def run(store, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    return out, pretrain(store.path, out, FAST, progress=False)
+    return out, pretrain(store.path, out, FAST, progress=False).model
 
 
 def weights(out):
@@ -73,6 +73,7 @@ def test_every_epoch_decodes_whole_models_and_the_last_measures_accuracy(run):
     assert "## Reconstruction by function" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_bf16_autocast_trains(store, tmp_path):
     config = PretrainConfig(preset="tiny", epochs=1, batch_size=8, precision="bf16",
                             model=FAST.model)
@@ -91,16 +92,20 @@ def test_auto_precision_is_resolved_and_recorded(run):
     assert recorded == ("bf16" if bf16_hardware(torch.device("cpu")) else "fp32")
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_weights_and_a_rerun_changes_nothing(store, run, tmp_path):
     out, _ = run
     again = tmp_path / "again"
     pretrain(store.path, again, FAST, progress=False)
     assert_same_tensors(weights(again), weights(out))
     stamp = (again / "training.safetensors").stat().st_mtime_ns
-    pretrain(store.path, again, FAST, progress=False)  # finished: nothing to do
+    result = pretrain(store.path, again, FAST, progress=False)  # finished: nothing to do
     assert (again / "training.safetensors").stat().st_mtime_ns == stamp
+    assert result.history == history(again) and result.path == again
+    assert result.fidelity == history(again)[-1]["fidelity"]
 
 
+@pytest.mark.slow
 def test_a_run_interrupted_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(
     store, run, tmp_path, monkeypatch
 ):
@@ -167,6 +172,7 @@ def test_config_file_and_overrides(tmp_path):
         load_pretrain_config(preset="huge")
 
 
+@pytest.mark.slow
 def test_cli_pretrain(store, tmp_path, capsys):
     args = ["pretrain", str(store.path), "--out", str(tmp_path / "r"), "--epochs", "1",
             "--batch-size", "8"]
@@ -198,17 +204,18 @@ def test_a_store_without_permutation_spec_needs_permute_off(store, tmp_path):
 
     copy = tmp_path / "store"
     shutil.copytree(store.path, copy)
-    meta = json.loads((copy / "store.json").read_text())
-    (copy / "store.json").write_text(json.dumps({**meta, "permutation_spec": None}))
+    meta = json.loads((copy / "tokenizer.json").read_text())
+    (copy / "tokenizer.json").write_text(json.dumps({**meta, "permutation_spec": None,
+                                                      "aligned": False}))
     with pytest.raises(ConfigError, match="set `permute = false`"):
         pretrain(copy, tmp_path / "run", FAST, progress=False)
     config = PretrainConfig(preset="tiny", epochs=1, batch_size=8, permute=False,
                             model=FAST.model)
-    assert pretrain(copy, tmp_path / "run", config, progress=False).config.token_size == 201
+    assert pretrain(copy, tmp_path / "run", config, progress=False).model.config.token_size == 201
 
 
 def test_run_store_finds_the_store_of_a_run(store, run, tmp_path):
-    from sane.train.pretraining import run_store
+    from sane.train.run_dir import run_store
 
     out, _ = run
     assert run_store(out).path.resolve() == store.path.resolve()

@@ -17,8 +17,8 @@ from sane.downstream import (
     probe_table,
     sane_embeddings,
 )
-from sane.downstream.property_prediction import predict_properties
 from sane.errors import ConfigError, FormatError
+from sane.stages.probe import predict_properties
 from sane.weights import BASELINES
 
 
@@ -107,9 +107,11 @@ def test_baselines_read_the_store_checkpoints(random_store, monkeypatch):
         baseline_features(random_store, "W")
 
 
+@pytest.mark.slow
 def test_predict_properties_writes_results_and_embeddings(random_store, tiny_run, tmp_path):
     out, _ = tiny_run
-    rows = predict_properties(out, tmp_path / "p", progress=False)
+    result = predict_properties(out, tmp_path / "p", progress=False)
+    rows = result.rows
     assert {(r["features"], r["property"]) for r in rows} == {
         (f, p) for f in ("SANE", "W", "sW-layer") for p in ("test_acc", "epoch", "ggap")}
     saved = json.loads((tmp_path / "p" / "probes.json").read_text())
@@ -117,6 +119,7 @@ def test_predict_properties_writes_results_and_embeddings(random_store, tiny_run
     assert np.load(tmp_path / "p" / "embeddings.npy").shape == (36, 16)
     assert "| test_acc |" in (tmp_path / "p" / "probes.md").read_text()
     reconstruction = saved["reconstruction"]
+    assert result.reconstruction == reconstruction and "| test_acc |" in result.markdown()
     assert {s: reconstruction[s]["models"] for s in ("train", "val", "test")} == {
         "train": 8, "val": 1, "test": 3}  # the split of 12 models, each model once
     assert all(0 <= reconstruction[s]["decoded_accuracy"] <= 1 for s in ("train", "val", "test"))

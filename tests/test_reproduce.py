@@ -51,6 +51,15 @@ def test_reproduction_writes_every_table_and_resumes(tmp_path, capsys):
         run_reproduction(tmp_path, dataclasses.replace(TINY, samples=8), progress=False)
 
 
+def test_a_scale_names_known_protocols_and_fine_tunes_against_sub():
+    with pytest.raises(ConfigError, match=r"protocols must be some of \['KDE30', 'SUB'"):
+        dataclasses.replace(TINY, protocols=("SUB", "DDPM"))
+    with pytest.raises(ConfigError, match="include SUB or set finetune_epochs = 0"):
+        dataclasses.replace(TINY, protocols=("BOOT",))
+    assert dataclasses.replace(TINY, protocols=("BOOT",), finetune_epochs=0).protocols == (
+        "BOOT",)
+
+
 def test_cli_lists_the_scales(capsys):
     with pytest.raises(SystemExit):
         main(["reproduce", "--help"])

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from sampling_helpers import IdentityAutoencoder, IdentitySANE
 from sane.cli import main
 from sane.downstream import (
     SamplingConfig,
@@ -48,22 +48,6 @@ def test_latent_spread_is_the_mean_per_dimension_standard_deviation():
                      torch.tensor([[4.0, 14.0], [6.0, 14.0]])])  # [E=2, N=2, d_z=2]
     # dimension 0: values 0, 2, 4, 6 (std sqrt(5)); dimension 1: 10, 10, 14, 14 (std 2)
     assert latent_spread(z) == pytest.approx((5**0.5 + 2) / 2)
-
-
-class IdentityAutoencoder:
-    """Stands in for SANE: latents are the tokens themselves, so sampling is exact."""
-
-    def __init__(self, token_size: int) -> None:
-        self.config = SimpleNamespace(d_latent=token_size)
-
-    def eval(self) -> IdentityAutoencoder:
-        return self
-
-    def encode_sequence(self, tokens, positions):
-        return tokens.clone()
-
-    def decode_sequence(self, z, positions):
-        return z.clone()
 
 
 def _prompts(seeds):
@@ -144,6 +128,7 @@ def test_batchnorm_conditioning_reestimates_statistics_and_nothing_else():
         condition_batchnorm(net, images, batch_size=1)
 
 
+@pytest.mark.slow
 def test_sane_sample_end_to_end(tiny_run, tmp_path, capsys):
     out = tmp_path / "samples"
     assert main(["sample", str(tiny_run[0]), "--out", str(out), "--prompts", "3", "--samples", "6",
@@ -164,7 +149,7 @@ def test_sane_sample_end_to_end(tiny_run, tmp_path, capsys):
 
 
 def test_sampling_for_a_new_task_scores_on_that_dataset(tiny_run, tmp_path):
-    from sane.downstream.generation import sample_from_run
+    from sane.stages.sample import sample_from_run
 
     config = SamplingConfig(samples=3, keep=1)
     sample_from_run(tiny_run[0], tmp_path / "a", prompts=2, config=config, dataset="digits")
@@ -174,49 +159,42 @@ def test_sampling_for_a_new_task_scores_on_that_dataset(tiny_run, tmp_path):
         sample_from_run(tiny_run[0], tmp_path / "b", config=config, dataset="mnist1d")
 
 
-class IdentitySANE:
-    """``SANE.from_pretrained`` stand-in whose model is :class:`IdentityAutoencoder`."""
-
-    @staticmethod
-    def from_pretrained(path):
-        return IdentityAutoencoder(201)
-
-
 def _val_acc(store, row):
     from sane.zoo import Zoo
 
     model_id, epoch, _ = store.rows[row]
-    return {r["epoch"]: r for r in Zoo.open(store.meta["zoo"]).metrics(model_id)}[epoch]["val_acc"]
+    return {r["epoch"]: r for r in Zoo.open(store.zoo_path).metrics(model_id)}[epoch]["val_acc"]
 
 
+@pytest.mark.slow
 def test_coherent_draws_of_trained_prompts_score_as_their_prompt(trained_store, monkeypatch,
                                                                  tmp_path):
     """An exact autoencoder and no noise: every sample is one whole prompt, in its own
     architecture (the zoo mixes tanh and relu), and scores what that prompt scored in
     training; the memorization controls then see copies."""
-    from sane.downstream import generation
+    from sane.stages import sample as stage
 
-    monkeypatch.setattr(generation, "SANE", IdentitySANE)
-    report = generation.sample_from_run(
+    monkeypatch.setattr(stage, "SANE", IdentitySANE)
+    report = stage.sample_from_run(
         tmp_path / "run", tmp_path / "out", store=trained_store.path, prompts=5,
         config=SamplingConfig(samples=6, keep=3, bandwidth=0.0))
     rows = {(m, e): r for r, (m, e, _) in enumerate(trained_store.rows)}
-    archs = {g["index"]: ArchConfig.from_dict(g["architecture"]) for g in report["architectures"]}
+    archs = {g["index"]: ArchConfig.from_dict(g["architecture"]) for g in report.architectures}
     activations = {i: arch.activation for i, arch in archs.items()}
     assert sorted(activations.values()) == ["relu", "tanh"]
-    for prompt in report["prompts"]:
+    for prompt in report.prompts:
         row = rows[prompt["model"], prompt["epoch"]]
         assert trained_store.architecture(row).activation == activations[prompt["architecture"]]
         assert prompt["score"] == pytest.approx(_val_acc(trained_store, row), abs=0.01)
-    assert min(p["score"] for p in report["prompts"]) > 0.3  # trained, far above chance
-    for sample in report["samples"]:
-        prompt = next(p for p in report["prompts"] if p["model"] == sample["nearest_prompt"])
+    assert min(p["score"] for p in report.prompts) > 0.3  # trained, far above chance
+    for sample in report.samples:
+        prompt = next(p for p in report.prompts if p["model"] == sample["nearest_prompt"])
         assert prompt["architecture"] == sample["architecture"]
         assert sample["score"] == pytest.approx(prompt["score"], abs=1e-9)
         assert sample["distance"] < 1e-3 and sample["agreement"] == 1.0
         net = build_model(archs[sample["architecture"]])  # saved under its own keys
         net.load_state_dict(load_file(str(tmp_path / "out" / sample["file"])))
-    for group in report["architectures"]:
+    for group in report.architectures:
         baselines = group["memorization"]["baselines"]
         # Copies are what the noised-prompt baseline is at distance zero.
         assert baselines["noised prompts"]["samples_beat_it"] is False
@@ -228,8 +206,9 @@ def test_coherent_draws_of_trained_prompts_score_as_their_prompt(trained_store, 
 def test_independent_tokens_make_a_patchwork_that_fails(trained_store):
     """The measured reason for coherent draws: tokens taken each from another trained prompt
     (the earlier sampler) make a network far worse than its prompts."""
-    from sane.downstream.generation import target_data, zoo_target
     from sane.downstream.sampling import score_state
+    from sane.stages.prompts import target_data
+    from sane.stages.sample import zoo_target
 
     data = target_data(trained_store)
     rows = [r for r in trained_store.split_rows("train").tolist()
@@ -241,7 +220,7 @@ def test_independent_tokens_make_a_patchwork_that_fails(trained_store):
     patchwork = tokens[source, torch.arange(tokens.shape[1])]
 
     def score(t):
-        return score_state(trained_store.codec.decode(t), target, 1, g)
+        return score_state(trained_store.tokenizer.decode(t), target, 1, g)
 
     prompts = [score(t) for t in tokens]
     assert score(patchwork) < min(prompts) - 0.1

@@ -8,9 +8,14 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    """``sane.SANE`` without importing torch for ``import sane`` (the CLI stays fast)."""
+    """``sane.SANE`` and ``sane.Pipeline`` without importing torch for ``import sane`` (the
+    CLI stays fast)."""
     if name == "SANE":
         from sane.model import SANE
 
         return SANE
+    if name == "Pipeline":
+        from sane.pipeline import Pipeline
+
+        return Pipeline
     raise AttributeError(f"module 'sane' has no attribute {name!r}")

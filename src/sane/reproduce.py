@@ -1,24 +1,28 @@
-"""``sane reproduce``: the paper's protocols end to end on a zoo generated here.
+"""``sane reproduce`` and ``sane demo``: the paper's protocols end to end on a zoo generated
+here.
 
-Stages (each resumes from what is on disk, so an interrupted run continues):
+Stages (each resumes from what is on disk, so an interrupted run continues; each returns a
+result object that the report is written from):
 
 1. train a population (``OUT/zoo``) and summarize it;
 2. tokenize it into an aligned token store, diverged checkpoints left out (``OUT/store``);
 3. pretrain SANE on it (``OUT/sane``);
 4. property prediction (SANE §5.1): test accuracy, epoch and generalization gap from SANE
    embeddings against the ``W`` and ``s(W)`` baselines (``OUT/probes``);
-5. model generation (SANE §5.2, Table 3): KDE30, subsampling, bootstrapping, and
-   bootstrapping from a Gaussian prior, zero-shot and fine-tuned, against training from
-   scratch and fine-tuned prompts, with memorization controls (``OUT/samples-*``,
-   ``OUT/generation.png``);
-6. the layer analysis against WeightWatcher-style metrics (SANE §4, ``OUT/analysis``).
+5. model generation (SANE §5.2, Table 3): the scale's protocols among KDE30, subsampling,
+   bootstrapping, and bootstrapping from a Gaussian prior, zero-shot and (when
+   ``finetune_epochs`` > 0) fine-tuned, against training from scratch and fine-tuned prompts,
+   with memorization controls (``OUT/samples-*``, ``OUT/generation.png``);
+6. the layer analysis against WeightWatcher-style metrics (SANE §4, ``OUT/analysis``), when
+   the scale asks for it.
 
 ``OUT/report.md`` collects every table and links the figures; ``OUT/reproduce.json`` holds the
-resolved scale. Scales: ``quick`` (a digits hyperparameter zoo of 40 CNN-s, a ``cpu`` SANE;
-minutes on a laptop CPU), ``fmnist`` (the 100-model Fashion-MNIST hyperparameter zoo of
-Model Zoos at 10 epochs on 10,000 images, a small SANE) and ``fmnist-seed`` (Table 3's
-setting: a 100-model Fashion-MNIST seed zoo, SANE pretrained on the first half of the epochs,
-prompts from the last of them).
+resolved scale. Scales: ``demo`` (``sane demo``: 12 CNN-s of one recipe on the embedded
+digits, a ``cpu`` SANE, subsampling only; about two minutes on a laptop CPU), ``quick`` (a
+digits hyperparameter zoo of 40 CNN-s, every protocol; minutes), ``fmnist`` (the 100-model
+Fashion-MNIST hyperparameter zoo of Model Zoos at 10 epochs on 10,000 images, a small SANE)
+and ``fmnist-seed`` (Table 3's setting: a 100-model Fashion-MNIST seed zoo, SANE pretrained
+on the first half of the epochs, prompts from the last of them).
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ from sane.errors import ConfigError
 class Scale:
     """The sizes of one reproduction (see the module docstring). ``store_epochs`` (first,
     last) selects the checkpoints SANE is pretrained on (None: all); prompts come from each
-    model's last stored epoch; ``finetune_epochs`` of fine-tuning follow sampling."""
+    model's last stored epoch; ``protocols`` are the sampling protocols run (of
+    :data:`PROTOCOLS`); ``finetune_epochs`` of fine-tuning follow sampling (0: none);
+    ``analysis`` runs the layer analysis."""
 
     zoo_preset: str
     models: int
@@ -57,9 +63,25 @@ class Scale:
     prior_std: float
     store_epochs: tuple[int, int] | None = None
     finetune_epochs: int = 5
+    protocols: tuple[str, ...] = ("KDE30", "SUB", "BOOT", "GAUSS")
+    analysis: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.protocols if p not in PROTOCOLS]
+        if unknown or not self.protocols:
+            raise ConfigError(f"scale protocols must be some of {list(PROTOCOLS)}, got "
+                              f"{list(self.protocols)}")
+        if self.finetune_epochs and "SUB" not in self.protocols:
+            raise ConfigError("fine-tuning compares against the SUB protocol's prompts: "
+                              "include SUB or set finetune_epochs = 0")
 
 
+PROTOCOLS = ("KDE30", "SUB", "BOOT", "GAUSS")
 SCALES = {
+    "demo": Scale("digits-cnn-s-seed", models=12, epochs=5, train_size=None, max_abs=100.0,
+                  pretrain_preset="cpu", pretrain_epochs=15, batch_size=8, prompts=5,
+                  samples=20, keep=5, rounds=1, prior_std=1.0, finetune_epochs=0,
+                  protocols=("SUB",), analysis=False),
     "quick": Scale("digits-cnn-s-hyp", models=40, epochs=10, train_size=None, max_abs=100.0,
                    pretrain_preset="cpu", pretrain_epochs=30, batch_size=16, prompts=5,
                    samples=20, keep=5, rounds=3, prior_std=1.0),
@@ -77,13 +99,11 @@ def run_reproduction(out: str | Path, scale: Scale, *, progress: bool = True) ->
     """Run every stage at ``scale`` into ``out``; returns the path of the report."""
     from sane import atomic
     from sane.downstream.analysis import analyze
-    from sane.downstream.probes import markdown_table
-    from sane.downstream.property_prediction import predict_properties
+    from sane.stages.probe import predict_properties
     from sane.train import PretrainConfig, pretrain
-    from sane.train.fidelity import fidelity_markdown
     from sane.weights.store import StoreSettings, prepare_store
     from sane.zoo import load_config, train_population
-    from sane.zoo.summary import plot_accuracy, summary_table
+    from sane.zoo.summary import plot_accuracy
 
     out = Path(out)
     settings = out / "reproduce.json"
@@ -92,128 +112,163 @@ def run_reproduction(out: str | Path, scale: Scale, *, progress: bool = True) ->
         raise ConfigError(f"{out} holds a reproduction at another scale (see {settings}); "
                           "choose another --out or remove it")
     atomic.write_json(settings, resolved)
-    print(f"1/6 training {scale.models} models ({scale.zoo_preset}, {scale.epochs} epochs)")
+    stages = 5 + scale.analysis
+    print(f"1/{stages} training {scale.models} models ({scale.zoo_preset}, {scale.epochs} "
+          "epochs)")
     config = load_config(scale.zoo_preset, models=scale.models, epochs=scale.epochs,
                          train_size=scale.train_size)
     zoo = train_population(config, out / "zoo", progress=progress)
     plot_accuracy(zoo, zoo.path / "accuracy.png")
-    print("2/6 aligning and tokenizing the zoo")
+    print(f"2/{stages} aligning and tokenizing the zoo")
     epochs = (None if scale.store_epochs is None
               else tuple(range(scale.store_epochs[0], scale.store_epochs[1] + 1)))
     store = prepare_store(zoo.path, out / "store",
                           StoreSettings(align=True, max_abs=scale.max_abs, epochs=epochs),
                           progress=progress)
-    print("3/6 pretraining SANE")
-    sane = pretrain(store.path, out / "sane",
-                    PretrainConfig(preset=scale.pretrain_preset, epochs=scale.pretrain_epochs,
-                                   batch_size=scale.batch_size), progress=progress)
-    history = atomic.read_json(out / "sane" / "history.json")
-    last = history[-1]
-    print("4/6 predicting model properties")
-    probes = markdown_table(predict_properties(out / "sane", out / "probes", progress=progress))
-    print("5/6 sampling models and fine-tuning them (SANE Table 3)")
+    print(f"3/{stages} pretraining SANE")
+    pretrained = pretrain(store.path, out / "sane",
+                          PretrainConfig(preset=scale.pretrain_preset,
+                                         epochs=scale.pretrain_epochs,
+                                         batch_size=scale.batch_size), progress=progress)
+    print(f"4/{stages} predicting model properties")
+    probes = predict_properties(out / "sane", out / "probes", progress=progress)
+    print(f"5/{stages} sampling models" + (" and fine-tuning them (SANE Table 3)"
+                                           if scale.finetune_epochs else ""))
     generation = sample_and_finetune(out, store, scale)
-    print("6/6 layer analysis")
-    analyze(out / "sane", out / "analysis", progress=progress)
+    analysis = None
+    if scale.analysis:
+        print(f"6/{stages} layer analysis")
+        analysis = analyze(out / "sane", out / "analysis", progress=progress)
+    report = write_report(out, scale, zoo, store, pretrained, probes, generation, analysis)
+    print(f"report: {report}")
+    return report
+
+
+def write_report(out: Path, scale: Scale, zoo: Any, store: Any, pretrained: Any, probes: Any,
+                 generation: str, analysis: Any) -> Path:
+    """``OUT/report.md`` from the stages' results."""
+    from sane import atomic
+    from sane.downstream.analysis import analysis_table
+    from sane.train.fidelity import fidelity_markdown
+    from sane.zoo.summary import summary_table
+
+    model, history = pretrained.model.config, pretrained.history
+    first, last = history[0], history[-1]
     selected = ("every epoch" if scale.store_epochs is None
                 else f"epochs {scale.store_epochs[0]}-{scale.store_epochs[1]}")
-    report = "\n".join([
-        f"# sane reproduce: {scale.zoo_preset}", "",
+    reference = store.meta["alignment_reference"]
+    lines = [
+        f"# sane {'demo' if scale == SCALES['demo'] else 'reproduce'}: {scale.zoo_preset}", "",
         "## Zoo", "", summary_table(zoo), "", "![test accuracy](zoo/accuracy.png)", "",
         "## Token store", "",
         f"{len(store.rows)} checkpoints ({selected}) × {store.manifest.num_tokens} tokens × "
-        f"{store.manifest.token_size} values; left out: {store.meta['skipped_non_finite']} "
-        f"non-finite, {store.meta['skipped_above_max_abs']} above |w| = {scale.max_abs}.", "",
+        f"{store.manifest.token_size} values ({store.tokens.nbytes / 2**20:.1f} MiB, one copy "
+        f"per checkpoint), aligned to model {reference} by weight matching; per split: "
+        + ", ".join(f"{s} {len(store.split_rows(s))}" for s in ("train", "val", "test"))
+        + f"; left out: {store.meta['skipped_non_finite']} non-finite, "
+        f"{store.meta['skipped_above_max_abs']} above |w| = {scale.max_abs}.", "",
         "## SANE pretraining", "",
-        f"{scale.pretrain_epochs} epochs ({sum(r['seconds'] for r in history) / 60:.1f} min), "
-        f"{sane.config.d_model}-wide, {sane.config.n_layers}+{sane.config.n_layers} blocks, "
-        f"d_z {sane.config.d_latent}: window R² {last['train_r2']:.3f} on training windows, "
+        f"{len(history)} epochs ({pretrained.seconds / 60:.1f} min), {model.d_model}-wide, "
+        f"{model.n_layers}+{model.n_layers} blocks, d_z {model.d_latent}: validation "
+        f"reconstruction loss {first.get('val_reconstruction', float('nan')):.4f} → "
+        f"{last.get('val_reconstruction', float('nan')):.4f}; window R² "
+        f"{last['train_r2']:.3f} on training windows, "
         f"{last.get('val_r2', float('nan')):.3f} on validation windows "
         "([sane/report.md](sane/report.md), ![loss](sane/loss.png)).", "",
         "Reconstruction by function (whole models, each at its last stored epoch):", "",
-        fidelity_markdown(last["fidelity"]), "",
-        "## Property prediction (SANE Table 1): test R² (validation R²)", "", probes, "",
+        fidelity_markdown(pretrained.fidelity), "",
+        "## Property prediction (SANE Table 1): test R² (validation R²)", "",
+        "Linear probes fitted on the training split's checkpoints, their strength chosen on "
+        "the validation split.", "", probes.markdown(), "",
         generation,
-        "## Layer analysis (SANE §4)", "",
-        (out / "analysis" / "analysis.md").read_text().split("\n", 2)[2].strip(), "",
-        "![layer analysis](analysis/analysis.png)", "",
-    ])
-    atomic.write_text(out / "report.md", report)
-    print(f"report: {out / 'report.md'}")
+    ]
+    if analysis is not None:
+        lines += ["## Layer analysis (SANE §4)", "",
+                  analysis_table(analysis["summary"]), "",
+                  "![layer analysis](analysis/analysis.png)", ""]
+    atomic.write_text(out / "report.md", "\n".join(lines))
     return out / "report.md"
 
 
 def sample_and_finetune(out: Path, store: Any, scale: Scale) -> str:
-    """SANE Table 3: models sampled by KDE30, subsampling (SUB), bootstrapping (BOOT) and
-    bootstrapping from a Gaussian prior (GAUSS), zero-shot and fine-tuned, against training
-    from scratch and fine-tuning the prompts; with the memorization controls. Returns the
-    report's Markdown section."""
-    from sane.downstream.finetuning import accuracy_table, finetune_samples, plot_accuracy_curves
-    from sane.downstream.generation import sample_from_run
+    """SANE Table 3 for the scale's protocols: models sampled by KDE30, subsampling (SUB),
+    bootstrapping (BOOT) and bootstrapping from a Gaussian prior (GAUSS), zero-shot and
+    fine-tuned, against training from scratch and fine-tuning the prompts; with the
+    memorization controls. Returns the report's Markdown section."""
+    from sane import markdown
     from sane.downstream.sampling import SamplingConfig
+    from sane.stages.finetune import accuracy_table, finetune_samples, plot_accuracy_curves
+    from sane.stages.sample import sample_from_run
 
     train_models = len({store.rows[r][0] for r in store.split_rows("train").tolist()})
     kde30 = max(1, math.ceil(0.3 * train_models))
-    protocols = {
-        "SANE_KDE30": (kde30, True, SamplingConfig(samples=scale.keep, keep=scale.keep)),
-        "SANE_SUB": (scale.prompts, False, SamplingConfig(samples=scale.samples,
-                                                          keep=scale.keep)),
-        "SANE_BOOT": (scale.prompts, False, SamplingConfig(
+    settings = {
+        "KDE30": (kde30, True, SamplingConfig(samples=scale.keep, keep=scale.keep)),
+        "SUB": (scale.prompts, False, SamplingConfig(samples=scale.samples, keep=scale.keep)),
+        "BOOT": (scale.prompts, False, SamplingConfig(
             samples=scale.samples, keep=scale.keep, rounds=scale.rounds)),
-        "SANE_GAUSS": (scale.prompts, False, SamplingConfig(
+        "GAUSS": (scale.prompts, False, SamplingConfig(
             samples=scale.samples, keep=scale.keep, rounds=scale.rounds,
             prior_std=scale.prior_std)),
     }
-    tuned: dict[str, dict[str, list[list[float]]]] = {}
-    memorization = ["| protocol | kept: mean | all draws: mean | prompts: mean | kept / prompts "
-                    "| distance to nearest prompt | prompts apart | agreement | noised prompts | "
-                    "prompt averages |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, (prompts, best, config) in protocols.items():
-        folder = out / ("samples-" + name.split("_")[1].lower())
-        report = sample_from_run(out / "sane", folder, prompts=prompts, best_prompts=best,
-                                 config=config)
-        tuned[name] = finetune_samples(folder, epochs=scale.finetune_epochs,
-                                       baselines=name == "SANE_SUB")["accuracy"]
-        memorization.append(_memorization_row(name, report))
-    groups = {"training from scratch": tuned["SANE_SUB"]["random init"],
-              "fine-tuned prompts": tuned["SANE_SUB"]["prompts"],
-              **{name: result["sampled"] for name, result in tuned.items()}}
-    epochs = sorted({0, 1, scale.finetune_epochs})
-    plot_accuracy_curves(groups, out / "generation.png")
+    sampled, tuned = {}, {}
+    for name in scale.protocols:
+        prompts, best, config = settings[name]
+        folder = out / f"samples-{name.lower()}"
+        sampled[name] = sample_from_run(out / "sane", folder, prompts=prompts,
+                                        best_prompts=best, config=config)
+        if scale.finetune_epochs:
+            tuned[name] = finetune_samples(folder, epochs=scale.finetune_epochs,
+                                           baselines=name == "SUB").accuracy
+    described = {
+        "KDE30": f"KDE30 draws {scale.keep} models around the best 30 % ({kde30}) of the "
+                 "training models",
+        "SUB": f"SUB keeps the {scale.keep} best of {scale.samples} draws around the first "
+               f"{scale.prompts} training models",
+        "BOOT": f"BOOT repeats SUB for {scale.rounds} rounds",
+        "GAUSS": f"GAUSS starts BOOT from N(0, {scale.prior_std}²) latents",
+    }
+    lines = ["## Model generation (SANE Table 3): validation accuracy", "",
+             "Prompts: each model's last stored epoch; "
+             + "; ".join(described[name] for name in scale.protocols) + ".", ""]
+    if tuned:
+        groups = {"training from scratch": tuned["SUB"]["random init"],
+                  "fine-tuned prompts": tuned["SUB"]["prompts"],
+                  **{f"SANE_{name}": result["sampled"] for name, result in tuned.items()}}
+        plot_accuracy_curves(groups, out / "generation.png")
+        lines += [f"Every group is fine-tuned the same way for {scale.finetune_epochs} epochs "
+                  "(Adam 1e-3, batch 32); training from scratch starts from as many random "
+                  "initializations. Mean ± std:", "",
+                  accuracy_table(groups, sorted({0, 1, scale.finetune_epochs})), "",
+                  "![fine-tuning](generation.png)", ""]
+    rows = [_memorization_row(f"SANE_{name}", result) for name, result in sampled.items()]
     return "\n".join([
-        "## Model generation (SANE Table 3): validation accuracy, mean ± std", "",
-        f"Prompts: each model's last pretraining epoch; SUB keeps the {scale.keep} best of "
-        f"{scale.samples} draws around the first {scale.prompts} training models, BOOT "
-        f"repeats that for {scale.rounds} rounds, GAUSS starts BOOT from N(0, "
-        f"{scale.prior_std}²) latents, KDE30 draws {scale.keep} models around the best 30 % "
-        f"({kde30}) of the training models. Every group is fine-tuned the same way for "
-        f"{scale.finetune_epochs} epochs (Adam 1e-3, batch 32); training from scratch starts "
-        "from as many random initializations.", "",
-        accuracy_table(groups, epochs), "", "![fine-tuning](generation.png)", "",
-        "### Memorization controls (zero-shot)", "",
+        *lines, "### Memorization controls (zero-shot)", "",
         "Distances are L2 in aligned weight space; agreement is the share of validation "
         "inputs on which a sample and its nearest prompt predict the same class; the "
         "baselines are scored like the samples, each of their models the best of as many "
         "candidates as the sampler drew per kept model (see `samples-*/samples.md`).", "",
-        *memorization, "",
+        markdown.table(["protocol", "kept: mean", "all draws: mean", "prompts: mean",
+                        "kept / prompts", "distance to nearest prompt", "prompts apart",
+                        "agreement", "noised prompts", "prompt averages"], rows), "",
     ])
 
 
-def _memorization_row(name: str, report: dict[str, Any]) -> str:
+def _memorization_row(name: str, result: Any) -> list[str]:
+    """One protocol's row of the memorization table, from its
+    :class:`~sane.stages.sample.SampleResult`."""
     def mean(values: list[float]) -> float:
         return sum(values) / len(values) if values else float("nan")
 
-    kept = mean([s["score"] for s in report["samples"]])
-    draws = mean([g["rounds"][-1]["mean"] for g in report["architectures"]])
-    prompts = mean([p["score"] for p in report["prompts"]])
-    apart = [g["memorization"]["prompt_distance"] for g in report["architectures"]]
-    cells = [f"{kept:.3f}", f"{draws:.3f}", f"{prompts:.3f}", f"{kept / prompts:.2f}×",
-             f"{mean([s['distance'] for s in report['samples']]):.2f}",
+    kept = result.kept_mean
+    apart = [g["memorization"]["prompt_distance"] for g in result.architectures]
+    cells = [name, f"{kept:.3f}", f"{result.draws_mean:.3f}", f"{result.prompt_mean:.3f}",
+             f"{kept / result.prompt_mean:.2f}×",
+             f"{mean([s['distance'] for s in result.samples]):.2f}",
              f"{mean([a for a in apart if a is not None]):.2f}",
-             f"{mean([s['agreement'] for s in report['samples']]):.1%}"]
+             f"{mean([s['agreement'] for s in result.samples]):.1%}"]
     for baseline in ("noised prompts", "prompt averages"):
-        scores = [x for g in report["architectures"]
-                  for x in g["memorization"]["baselines"][baseline]["scores"]]
-        verdict = "" if not scores else (" (beaten)" if kept > mean(scores) else " (not beaten)")
-        cells.append(f"{mean(scores):.3f}{verdict}")
-    return f"| {name} | " + " | ".join(cells) + " |"
+        value = result.baseline_mean(baseline)
+        verdict = "" if math.isnan(value) else (" (beaten)" if kept > value else " (not beaten)")
+        cells.append(f"{value:.3f}{verdict}")
+    return cells

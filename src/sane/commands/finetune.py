@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sane.settings import given
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     finetune = subparsers.add_parser(
@@ -14,16 +16,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "validation accuracy after every epoch.",
     )
     finetune.add_argument("samples", type=Path, help="output directory of `sane sample`")
-    finetune.add_argument("--epochs", type=int, default=5)
-    finetune.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    finetune.add_argument("--batch-size", type=int, default=32)
-    finetune.add_argument("--seed", type=int, default=0, help="data order and random inits")
+    finetune.add_argument("--epochs", type=int, help="epochs (default 5)")
+    finetune.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    finetune.add_argument("--batch-size", type=int, help="images per step (default 32)")
+    finetune.add_argument("--seed", type=int, help="data order and random inits (default 0)")
     finetune.set_defaults(handler=_finetune)
 
 
 def _finetune(args: argparse.Namespace) -> None:
-    from sane.downstream.finetuning import finetune_samples
+    from sane.stages.finetune import finetune_samples
 
-    finetune_samples(args.samples, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                     seed=args.seed)
+    finetune_samples(args.samples, **given(epochs=args.epochs, lr=args.lr,
+                                           batch_size=args.batch_size, seed=args.seed))
     print((args.samples / "finetune.md").read_text().rstrip())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sane.settings import given
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     probe = subparsers.add_parser(
@@ -19,25 +21,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     probe.add_argument("--out", required=True, type=Path, help="output directory")
     probe.add_argument("--store", type=Path,
                        help="token store (default: the one the run was trained on)")
-    probe.add_argument("--features", default="SANE,W,sW-layer",
+    probe.add_argument("--features",
                        help="comma-separated feature sets: SANE, W, sW-layer, sW-tensor-var, "
                        "sW-tensor-std (default: SANE,W,sW-layer)")
-    probe.add_argument("--properties", default="test_acc,epoch,ggap",
+    probe.add_argument("--properties",
                        help="comma-separated properties (default: test_acc,epoch,ggap)")
     probe.set_defaults(handler=_probe)
 
 
 def _probe(args: argparse.Namespace) -> None:
-    from sane.downstream.probes import markdown_table
-    from sane.downstream.property_prediction import predict_properties
     from sane.errors import ConfigError
+    from sane.stages.probe import FEATURES, predict_properties
 
-    features = [f.strip() for f in args.features.split(",") if f.strip()]
-    if "SANE" in features and args.run is None:
+    features = _names(args.features)
+    if "SANE" in (FEATURES if features is None else features) and args.run is None:
         raise ConfigError("the SANE features need a pretraining run: sane probe RUN --out DIR "
                           "(or --features without SANE and --store STORE)")
-    rows = predict_properties(args.run, args.out, store=args.store, features=features,
-                              properties=[p.strip() for p in args.properties.split(",")])
+    result = predict_properties(args.run, args.out, store=args.store, **given(
+        features=features, properties=_names(args.properties)))
     print("test R² (validation R²)")
-    print(markdown_table(rows))
+    print(result.markdown())
     print(f"results: {args.out / 'probes.json'}, {args.out / 'probes.md'}")
+
+
+def _names(text: str | None) -> list[str] | None:
+    """``"a, b"`` → ``["a", "b"]``; None (option left out) stays None."""
+    return None if text is None else [name.strip() for name in text.split(",") if name.strip()]

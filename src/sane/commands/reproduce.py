@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "OUT/report.md. Resumes if interrupted.",
     )
     reproduce.add_argument("--scale", choices=sorted(SCALES), default="quick",
-                           help="quick: digits hyperparameter zoo, minutes; fmnist-seed: "
+                           help="demo: the `sane demo` run, about two minutes; quick: digits "
+                           "hyperparameter zoo, minutes; fmnist-seed: "
                            "Fashion-MNIST seed zoo, Table 3's setting, about an hour; fmnist: "
                            "Fashion-MNIST hyperparameter zoo, about an hour")
     reproduce.add_argument("--out", type=Path,

@@ -1,15 +1,19 @@
-"""``sane sample``: sample new models for a zoo's task from a pretrained SANE."""
+"""``sane sample``: sample new models for a task, and an architecture, from a pretrained
+SANE."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from sane.settings import given
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     sample = subparsers.add_parser(
         "sample", help="sample new models from a pretrained SANE and keep the best",
-        description="Embed a few prompt models (the first training-split models of the store), "
+        description="Embed a few prompt models (the first training-split models of the store, "
+        "or with --prompts-from the models of a zoo of another architecture), "
         "draw latent sequences from a KDE around them (each draw one prompt's latents plus "
         "Gaussian noise; or from a Gaussian prior), one architecture of prompts at a time, "
         "decode them into weights, condition batch norm on the zoo's training images, score "
@@ -20,18 +24,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sample.add_argument("--out", required=True, type=Path, help="output directory")
     sample.add_argument("--store", type=Path,
                         help="token store (default: the one the run was trained on)")
-    sample.add_argument("--prompts", type=int, default=5, help="prompt models (default 5)")
+    sample.add_argument("--prompts-from", type=Path, metavar="ZOO",
+                        help="take the prompts from this zoo (`sane zoo train`): models of a "
+                        "target architecture, e.g. wider or deeper, trained briefly on their "
+                        "task; samples have that architecture and are scored on that task")
+    sample.add_argument("--prompts", type=int, help="prompt models (default 5)")
     sample.add_argument("--prompt-epoch", type=int,
                         help="epoch of the prompts (default: each model's last stored epoch)")
-    sample.add_argument("--samples", type=int, default=50, help="models drawn per round")
-    sample.add_argument("--keep", type=int, default=10, help="best models kept per round")
-    sample.add_argument("--rounds", type=int, default=1, help="bootstrapping rounds")
+    sample.add_argument("--samples", type=int, help="models drawn per round (default 50)")
+    sample.add_argument("--keep", type=int, help="best models kept per round (default 10)")
+    sample.add_argument("--rounds", type=int, help="bootstrapping rounds (default 1)")
     sample.add_argument("--bandwidth", type=float,
                         help="KDE bandwidth, relative to the prompts' latent spread (default "
                         "0.1: noise of a tenth of the spread of each latent dimension)")
-    sample.add_argument("--absolute-bandwidth", action="store_true",
+    sample.add_argument("--absolute-bandwidth", dest="relative", action="store_false",
+                        default=None,
                         help="--bandwidth is the noise standard deviation itself")
-    sample.add_argument("--best-prompts", action="store_true",
+    sample.add_argument("--best-prompts", action="store_true", default=None,
                         help="take the most accurate training models as prompts, not the first")
     sample.add_argument("--prior-std", type=float,
                         help="start from N(0, STD²) latents instead of prompts")
@@ -39,20 +48,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="score and condition on another dataset of the same input shape "
                         "and classes (transfer to a new task; default: the zoo's dataset)")
     sample.add_argument("--root", help="directory of --dataset's files")
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=int, help="seed of the draws (default 0)")
     sample.set_defaults(handler=_sample)
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from sane.downstream.generation import sample_from_run
     from sane.downstream.sampling import SamplingConfig
+    from sane.stages.sample import sample_from_run
 
-    bandwidth = {} if args.bandwidth is None else {"bandwidth": args.bandwidth}
-    config = SamplingConfig(samples=args.samples, keep=args.keep, rounds=args.rounds,
-                            relative=not args.absolute_bandwidth, prior_std=args.prior_std,
-                            seed=args.seed, **bandwidth)
-    sample_from_run(args.run, args.out, store=args.store, prompts=args.prompts,
-                    prompt_epoch=args.prompt_epoch, best_prompts=args.best_prompts,
-                    config=config, dataset=args.dataset, root=args.root)
+    config = SamplingConfig(**given(samples=args.samples, keep=args.keep, rounds=args.rounds,
+                                    bandwidth=args.bandwidth, relative=args.relative,
+                                    prior_std=args.prior_std, seed=args.seed))
+    sample_from_run(args.run, args.out, config=config, **given(
+        store=args.store, prompts=args.prompts, prompt_epoch=args.prompt_epoch,
+        best_prompts=args.best_prompts, dataset=args.dataset, root=args.root,
+        prompts_from=args.prompts_from))
     print((args.out / "samples.md").read_text().rstrip())
     print(f"models: {args.out}/sample_*.safetensors, report: {args.out / 'samples.json'}")

@@ -31,9 +31,9 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
-from sane import atomic
+from sane import atomic, markdown
 from sane.model import SANE
-from sane.train.pretraining import run_store
+from sane.train.run_dir import run_store
 from sane.weights.spectral import MIN_EVALS, layer_metrics
 from sane.weights.store import TokenStore
 
@@ -114,7 +114,8 @@ def analyze(run: str | Path, out: str | Path, *, store: str | Path | None = None
     }
     out = Path(out)
     atomic.write_json(out / "analysis.json", report)
-    atomic.write_text(out / "analysis.md", _markdown(summary))
+    atomic.write_text(out / "analysis.md", "# Layer analysis: layer averages against test "
+                      "accuracy\n\n" + analysis_table(summary) + "\n")
     _plot(out / "analysis.png", per_layer, accuracy)
     return report
 
@@ -132,14 +133,13 @@ def _nan_list(values: np.ndarray) -> list[float | None]:
     return [None if not np.isfinite(v) else float(v) for v in values]
 
 
-def _markdown(summary: dict[str, Any]) -> str:
-    lines = ["# Layer analysis: layer averages against test accuracy", "",
-             "| metric | Pearson | Spearman | checkpoints |", "|---|---:|---:|---:|"]
-    for name, s in summary.items():
-        c = s["accuracy"]
-        cells = ["n/a" if c[k] is None else f"{c[k]:.3f}" for k in ("pearson", "spearman")]
-        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {c['checkpoints']} |")
-    return "\n".join(lines) + "\n"
+def analysis_table(summary: dict[str, Any]) -> str:
+    """Each metric's layer average against test accuracy (``report["summary"]`` of
+    :func:`analyze`) as a Markdown table."""
+    rows = [[name, *("n/a" if s["accuracy"][k] is None else s["accuracy"][k]
+                     for k in ("pearson", "spearman")), s["accuracy"]["checkpoints"]]
+            for name, s in summary.items()]
+    return markdown.table(["metric", "Pearson", "Spearman", "checkpoints"], rows, digits=3)
 
 
 def _plot(path: Path, per_layer: dict[str, np.ndarray], accuracy: np.ndarray) -> None:

@@ -1,8 +1,8 @@
 """Embedding models from anywhere with a pretrained run: checkpoint files to one vector each.
 
-A run directory holds the SANE and its tokenizer (:class:`sane.weights.tokenizer.Tokenizer`),
-so nothing of the zoo or the token store is needed: each checkpoint is aligned to the zoo's
-reference, standardized, tokenized and encoded whole (haloed); its token latents are averaged.
+A run directory holds the SANE and its tokenizer, so nothing of the zoo or the token store is
+needed (:class:`sane.pipeline.Pipeline`): each checkpoint is aligned to the zoo's reference,
+standardized, tokenized and encoded whole (haloed); its token latents are averaged.
 Checkpoint files are safetensors or PyTorch files read with ``weights_only=True``.
 """
 
@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from sane.errors import FormatError
-from sane.model import SANE
-from sane.weights.tokenizer import Tokenizer
+from sane.pipeline import Pipeline
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -44,25 +43,19 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def embed_states(model: SANE, tokenizer: Tokenizer, states: Sequence[dict[str, torch.Tensor]],
-                 *, names: Sequence[str] | None = None) -> np.ndarray:
-    """``[len(states), d_z]`` float64 embeddings; ``names`` label errors (default: index)."""
-    tokens = []
-    for i, state in enumerate(states):
-        try:
-            tokens.append(tokenizer.encode(state))
-        except FormatError as error:
-            raise FormatError(f"{names[i] if names else f'model {i}'}: {error}") from error
-    positions = tokenizer.manifest.positions()
-    with torch.no_grad():
-        return model.eval().embed(torch.stack(tokens), positions).double().numpy()
-
-
 def embed_checkpoints(run: str | Path, paths: Sequence[str | Path]) -> np.ndarray:
-    """Embeddings ``[len(paths), d_z]`` of checkpoint files with the SANE and tokenizer saved
-    in the run directory ``run``."""
+    """Embeddings ``[len(paths), d_z]`` float64 of checkpoint files with the SANE and tokenizer
+    saved in the run directory ``run``; a checkpoint that does not fit is named in the
+    error."""
     if not paths:
         raise FormatError("give at least one checkpoint to embed")
-    model, tokenizer = SANE.from_pretrained(run), Tokenizer.from_pretrained(run)
-    return embed_states(model, tokenizer, [read_checkpoint(p) for p in paths],
-                        names=[str(p) for p in paths])
+    pipe = Pipeline.from_pretrained(run)
+    states = []
+    for path in paths:
+        state = read_checkpoint(path)
+        try:
+            pipe.tokenizer.canonical(state)
+        except FormatError as error:
+            raise FormatError(f"{path}: {error}") from error
+        states.append(state)
+    return pipe.embed(states)

@@ -18,6 +18,7 @@ from sklearn.metrics import r2_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from sane import markdown
 from sane.errors import ConfigError, FormatError
 
 ALPHAS = (1e3, 3e2, 1e2, 3e1, 1e1, 3.0, 1.0, 0.3, 0.1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4,
@@ -118,9 +119,6 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     names = list(dict.fromkeys(r["features"] for r in rows))
     props = list(dict.fromkeys(r["property"] for r in rows))
     cell = {(r["property"], r["features"]): r for r in rows}
-    lines = ["| property | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    for prop in props:
-        lines.append(f"| {prop} | " + " | ".join(
-            f"{cell[prop, n]['r2_test']:.3f} ({cell[prop, n]['r2_val']:.3f})" for n in names
-        ) + " |")
-    return "\n".join(lines)
+    return markdown.table(["property", *names], [
+        [prop, *(f"{cell[prop, n]['r2_test']:.3f} ({cell[prop, n]['r2_val']:.3f})"
+                 for n in names)] for prop in props])

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sane import markdown
 from sane.data import Dataset
 from sane.errors import ConfigError, FormatError
 from sane.model.sane import SANE
@@ -106,7 +107,7 @@ def split_fidelity(model: SANE, store: TokenStore, rows: list[int], data: Datase
 def _accuracy(store: TokenStore, row: int, tokens: torch.Tensor | None, data: Dataset) -> float:
     """Test accuracy of ``row``'s model, or of the standardized ``tokens [N, d_t]`` decoded
     into its architecture."""
-    net = store.model(row, None if tokens is None else store.codec.decode(tokens))
+    net = store.model(row, None if tokens is None else store.tokenizer.decode(tokens))
     if has_batchnorm(net) and not store.settings.include_batchnorm:
         condition_batchnorm(net, data.train.x, generator=torch.Generator().manual_seed(row))
     return accuracy(net, data.test.x, data.test.y)
@@ -121,7 +122,7 @@ def reconstruction_report(model: SANE, store: TokenStore,
     data, report = None, {}
     if with_accuracy:
         try:
-            data = zoo_data(Zoo.open(store.meta["zoo"]))
+            data = zoo_data(Zoo.open(store.zoo_path))
         except (ConfigError, FormatError) as error:
             report["note"] = f"accuracy not measured: {error}"
     for split in splits:
@@ -135,19 +136,16 @@ def fidelity_markdown(fidelity: dict[str, Any]) -> str:
     """A Markdown table of :class:`SplitFidelity` dictionaries by split (``fidelity[split]``),
     and their per-layer R²."""
     splits = [s for s in ("train", "val", "test") if s in fidelity]
-    lines = ["| split | models | whole-model R² | test accuracy: original | decoded | ratio |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for split in splits:
-        f = fidelity[split]
-        cells = ["–" if f[k] is None else f"{f[k]:.4f}"
-                 for k in ("accuracy", "decoded_accuracy", "ratio")]
-        lines.append(f"| {split} | {f['models']} | {f['r2']:.4f} | " + " | ".join(cells) + " |")
+    lines = [markdown.table(
+        ["split", "models", "whole-model R²", "test accuracy: original", "decoded", "ratio"],
+        [[split, fidelity[split]["models"], fidelity[split]["r2"],
+          *("–" if fidelity[split][k] is None else fidelity[split][k]
+            for k in ("accuracy", "decoded_accuracy", "ratio"))] for split in splits])]
     if splits:
         layers = len(fidelity[splits[0]]["layer_r2"])
-        lines += ["", "| split | " + " | ".join(f"layer {i}" for i in range(layers)) + " |",
-                  "|---|" + "---:|" * layers]
-        lines += [f"| {split} | " + " | ".join(f"{r:.3f}" for r in fidelity[split]["layer_r2"])
-                  + " |" for split in splits]
+        lines += ["", markdown.table(["split", *(f"layer {i}" for i in range(layers))],
+                                     [[split, *fidelity[split]["layer_r2"]] for split in splits],
+                                     digits=3)]
     if "note" in fidelity:
         lines += ["", fidelity["note"]]
     return "\n".join(lines)

@@ -10,21 +10,8 @@ The loss is ``(1 - gamma) · masked MSE + gamma · NT-Xent`` of the two views' p
 each view is reconstructed from its own latents. AdamW (weight decay on matrices only) under a
 one-cycle schedule stepped every batch, as in the published recipe.
 
-::
-
-    RUN/
-      run.json              store, resolved pretraining and model config (a rerun must match)
-      training.safetensors  after every epoch: model, optimizer state; the metadata holds the
-                            epoch, optimizer hyperparameters, schedule and history (one file,
-                            written atomically, so a crash leaves the last finished epoch)
-      sane.json, model.safetensors   the model after the last finished epoch
-                            (``SANE.from_pretrained(RUN)``)
-      tokenizer.json/.safetensors   the store's tokenizer with the alignment reference
-                            (``Tokenizer.from_pretrained(RUN)``): new models are embedded
-                            without the store
-      history.json, report.md, loss.png   per-epoch losses, window R² (against the clean
-                            windows) and whole-model R² on train and validation; after the
-                            last epoch, reconstruction by function (:mod:`sane.train.fidelity`)
+The run directory (claimed, saved after every epoch, resumed, self-contained) is
+:mod:`sane.train.run_dir`; its reports are :mod:`sane.train.report`.
 
 Same store, config and seed give the same weights bit for bit on CPU, and a run resumed after
 an interruption ends with the weights of an uninterrupted run.
@@ -33,172 +20,56 @@ an interruption ends with the weights of an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
-import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from sane import atomic
 from sane.errors import ConfigError, FormatError
 from sane.model.losses import sane_loss, squared_sums
-from sane.model.sane import PRESETS, SANE, SANEConfig, describe, load_checked
-from sane.settings import coerce, read_toml
-from sane.train.fidelity import fidelity_markdown, reconstruction_report
+from sane.model.sane import SANE, describe
+from sane.train.config import PretrainConfig, model_config
+from sane.train.fidelity import reconstruction_report
+from sane.train.run_dir import claim, resume, run_record, save_epoch
 from sane.train.windows import WindowBatch, WindowConfig, WindowSampler
 from sane.weights.store import TokenStore
-from sane.weights.tokenizer import CONFIG_FILE as TOKENIZER_FILE
-
-FORMAT = "sane-pretrain-run"
-VERSION = 1
-RUN_FILE = "run.json"
-STATE_FILE = "training.safetensors"
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
-    """How to pretrain.
+class PretrainResult:
+    """What pretraining computed: the ``model`` after the last epoch (eval mode), the
+    per-epoch ``history`` (as ``history.json``) and the run directory ``path``."""
 
-    ``preset`` names the model shape (:data:`sane.model.PRESETS`) and ``model`` overrides its
-    keys (``d_model``, ``window_size``, ``max_positions``...); token size and position ranges
-    default to the store's. ``lr`` is the one-cycle peak learning rate (30 % warm-up, cosine
-    decay, Adam's beta1 cycled 0.95 → 0.85 → 0.95), ``weight_decay`` AdamW's on matrices and
-    embedding tables. ``gamma`` weighs the contrastive loss against reconstruction,
-    ``temperature`` is NT-Xent's. ``noise`` is the multiplicative noise of both views;
-    ``permute`` makes the second view a random permutation of the aligned model.
-    ``windows_per_checkpoint`` (default ``ceil(tokens / window_size)``, about covering every
-    model once per epoch) sets the epoch length. ``device`` is a torch device string.
-    """
+    model: SANE
+    history: list[dict[str, Any]]
+    path: Path
 
-    preset: str = "cpu"
-    model: Mapping[str, Any] = field(default_factory=dict)
-    epochs: int = 50
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 3e-9
-    gamma: float = 0.05
-    temperature: float = 0.1
-    noise: float = 0.1
-    permute: bool = True
-    windows_per_checkpoint: int | None = None
-    seed: int = 0
-    device: str = "cpu"
-    precision: str = "auto"
-    fidelity_models: int = 16
+    @property
+    def fidelity(self) -> dict[str, Any]:
+        """Reconstruction by function after the last epoch (:mod:`sane.train.fidelity`)."""
+        return self.history[-1]["fidelity"]
 
-    def __post_init__(self) -> None:
-        def check(ok: bool, key: str, expected: str) -> None:
-            if not ok:
-                raise ConfigError(f"pretrain {key} must be {expected}, got "
-                                  f"{getattr(self, key)!r}")
-
-        check(self.preset in PRESETS, "preset", f"one of {sorted(PRESETS)}")
-        check(self.epochs >= 1, "epochs", "positive")
-        check(self.batch_size >= 2, "batch_size", "at least 2 (the contrastive loss needs "
-              "negatives)")
-        check(self.lr > 0, "lr", "positive")
-        check(self.weight_decay >= 0, "weight_decay", "non-negative")
-        check(0 <= self.gamma <= 1, "gamma", "in [0, 1]")
-        check(self.temperature > 0, "temperature", "positive")
-        check(self.noise >= 0, "noise", "non-negative")
-        check(self.windows_per_checkpoint is None or self.windows_per_checkpoint >= 1,
-              "windows_per_checkpoint", "positive")
-        check(self.precision in ("auto", "fp32", "bf16"), "precision",
-              '"auto", "fp32" or "bf16"')
-        check(self.fidelity_models >= 1, "fidelity_models", "positive")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["model"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.model.items()}
-        return d
-
-
-_FIELD_TYPES: dict[str, Any] = {
-    "preset": str, "epochs": int, "batch_size": int, "lr": float, "weight_decay": float,
-    "gamma": float, "temperature": float, "noise": float, "permute": bool,
-    "windows_per_checkpoint": ("optional", int), "seed": int, "device": str, "precision": str,
-    "fidelity_models": int,
-}
-
-
-def load_pretrain_config(source: str | Path | None = None, **overrides: Any) -> PretrainConfig:
-    """A config from a TOML file (top-level keys as in :class:`PretrainConfig`, a ``[model]``
-    table of model overrides), or the defaults when ``source`` is None; then ``overrides``
-    (None values are ignored)."""
-    table: dict[str, Any] = {}
-    where = "pretrain config"
-    if source is not None:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"{path}: pretraining config file not found")
-        table, where = read_toml(path), str(path)
-    table.update({k: v for k, v in overrides.items() if v is not None})
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key == "model":
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{where}: [model]: expected a table of settings")
-            values[key] = dict(value)
-        elif key in _FIELD_TYPES:
-            values[key] = coerce(value, _FIELD_TYPES[key], f"{where}: {key}")
-        else:
-            known = ", ".join(sorted([*_FIELD_TYPES, "model"]))
-            raise ConfigError(f"{where}: unknown key {key!r}; known: {known}")
-    return PretrainConfig(**values)
-
-
-def run_store(run: str | Path, store: str | Path | None = None) -> TokenStore:
-    """``store`` when given, else the token store the pretraining run ``run`` was trained on."""
-    if store is None:
-        file = Path(run) / RUN_FILE
-        if not file.is_file():
-            raise FormatError(f"{run} is not a pretraining run: {RUN_FILE} not found "
-                              "(give the token store with --store)")
-        meta = atomic.read_json(file)
-        if not isinstance(meta, dict) or not isinstance(meta.get("store"), str):
-            raise FormatError(f"{file}: no store path")
-        store = meta["store"]
-    return TokenStore.open(store)
-
-
-def model_config(config: PretrainConfig, store: TokenStore) -> SANEConfig:
-    """The preset's shape with ``config.model``'s overrides; token size and position ranges
-    from ``store`` unless overridden."""
-    positions = store.positions
-    d = {"token_size": store.manifest.token_size,
-         "max_positions": [int(positions[:, i].max()) + 1 for i in range(3)],
-         **PRESETS[config.preset], **config.model}
-    model = SANEConfig.from_dict(d, f"pretrain [model] (preset {config.preset!r})")
-    if model.token_size != store.manifest.token_size:
-        raise ConfigError(f"model token_size {model.token_size} differs from the store's "
-                          f"{store.manifest.token_size}")
-    needed = [int(positions[:, i].max()) + 1 for i in range(3)]
-    if any(m < n for m, n in zip(model.max_positions, needed)):
-        raise ConfigError(f"model max_positions {list(model.max_positions)} do not cover the "
-                          f"store's positions (needs at least {needed})")
-    if model.window_size > store.manifest.num_tokens:
-        raise ConfigError(f"model window_size {model.window_size} exceeds the "
-                          f"{store.manifest.num_tokens} tokens per model of {store.path}")
-    return model
+    @property
+    def seconds(self) -> float:
+        """Training time summed over the epochs (resumed runs included)."""
+        return sum(r["seconds"] for r in self.history)
 
 
 def pretrain(
-    store_path: str | Path, out: str | Path, config: PretrainConfig = PretrainConfig(),
+    store_path: str | Path, out: str | Path, config: PretrainConfig | None = None,
     *, progress: bool = True,
-) -> SANE:
+) -> PretrainResult:
     """Pretrain SANE on the token store at ``store_path`` into the run directory ``out``.
 
     Resumes from ``out`` when it holds an unfinished run with the same store and config; a
-    finished one is returned as is; another config raises :class:`ConfigError`. Returns the
-    model after the last epoch, in eval mode.
+    finished one is returned as is; another config raises :class:`ConfigError`.
     """
     store, out = TokenStore.open(store_path), Path(out)
+    config = PretrainConfig() if config is None else config
     shape = model_config(config, store)
     device = _device(config.device)
     if config.precision == "auto":
@@ -220,20 +91,14 @@ def pretrain(
                           f"{windows.windows_per_checkpoint} windows make no full batch of "
                           f"{config.batch_size}; lower batch_size")
     val = _validation_sampler(store, windows, config.seed)
-    _claim(out, {"format": FORMAT, "version": VERSION, "store": str(store.path.resolve()),
-                 "pretrain": config.to_dict(), "model": shape.to_dict()})
-    if not (out / TOKENIZER_FILE).is_file():  # the run embeds new models without its store
-        try:
-            store.tokenizer().save_pretrained(out)
-        except FormatError as error:  # an aligned store whose zoo is gone: no reference
-            warnings.warn(f"{out}: no tokenizer saved, so `sane embed` will not work with "
-                          f"this run ({error})", stacklevel=2)
+    claim(out, run_record(out, store, config.to_dict(), shape.to_dict()))
+    store.tokenizer.save_pretrained(out)  # the run embeds new models without its store
 
     model = SANE(shape, seed=config.seed).to(device)
     optimizer = _optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.epochs * len(train), pct_start=0.3)
-    history = _resume(out, model, optimizer, scheduler)
+    history = resume(out, model, optimizer, scheduler)
     if progress and not history:
         print(describe(model))
 
@@ -252,9 +117,9 @@ def pretrain(
         record["seconds"] = time.perf_counter() - start
         record |= _whole_models(model, store, config, final=epoch == config.epochs)
         history.append(record)
-        _save(out, model, optimizer, scheduler, history)
+        save_epoch(out, model, optimizer, scheduler, history)
     bar.close()
-    return model.eval()
+    return PretrainResult(model.eval(), history, out)
 
 
 def _device(name: str) -> torch.device:
@@ -277,20 +142,6 @@ def bf16_hardware(device: torch.device) -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def _claim(out: Path, run: dict[str, Any]) -> None:
-    """Write ``run.json`` in a new run directory, or check that it matches an existing one."""
-    file = out / RUN_FILE
-    if file.is_file():
-        existing = atomic.read_json(file)
-        if existing != json.loads(json.dumps(run)):
-            raise ConfigError(f"{out} holds a run with another store or config (see {file}); "
-                              "choose another --out or remove it")
-        return
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} exists and is not a pretraining run; choose another --out")
-    atomic.write_json(file, run)
 
 
 def _validation_sampler(store: TokenStore, windows: WindowConfig, seed: int
@@ -386,97 +237,3 @@ def _means(sums: dict[str, float], split: str) -> dict[str, float]:
     return means
 
 
-def _save(out: Path, model: SANE, optimizer: torch.optim.Optimizer, scheduler: Any,
-          history: list[dict[str, Any]]) -> None:
-    """The training state of a finished epoch in one atomic file, then the model and the
-    reports (which a rerun rewrites from the state if a crash came between)."""
-    optim = optimizer.state_dict()
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    for index, state in optim["state"].items():
-        tensors |= {f"optimizer.{index}.{k}": v for k, v in state.items()}
-    meta = {"param_groups": optim["param_groups"], "scheduler": scheduler.state_dict(),
-            "history": history}
-    atomic.save_tensors(out / STATE_FILE, tensors, {"state": json.dumps(meta)})
-    model.save_pretrained(out)
-    _write_reports(out, history)
-
-
-def _resume(out: Path, model: SANE, optimizer: torch.optim.Optimizer, scheduler: Any
-            ) -> list[dict[str, Any]]:
-    """Load the state of the last finished epoch into model, optimizer and schedule; returns
-    the history so far (empty for a new run)."""
-    from safetensors import SafetensorError, safe_open
-
-    file = out / STATE_FILE
-    if not file.is_file():
-        return []
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            meta = json.loads(f.metadata()["state"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (OSError, SafetensorError, KeyError, TypeError, json.JSONDecodeError) as error:
-        raise FormatError(f"{file}: unreadable training state ({error}); remove it to start "
-                          "over") from error
-    load_checked(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
-                 str(file))
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    try:
-        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        scheduler.load_state_dict(meta["scheduler"])
-        history = list(meta["history"])
-    except (KeyError, ValueError, TypeError) as error:
-        raise FormatError(f"{file}: training state does not fit this run ({error})") from error
-    _write_reports(out, history)
-    model.save_pretrained(out)
-    return history
-
-
-def _write_reports(out: Path, history: list[dict[str, Any]]) -> None:
-    atomic.write_json(out / "history.json", history)
-    keys = ["epoch", "train_loss", "train_reconstruction", "train_contrast", "train_r2",
-            "train_model_r2", "val_loss", "val_reconstruction", "val_contrast", "val_r2",
-            "val_model_r2", "seconds"]
-    keys = [k for k in keys if any(k in r for r in history)]
-    lines = ["# SANE pretraining", "",
-             "Window R² is measured against the clean (noise-free) windows; model R² over "
-             "whole decoded models (haloed, noise-free).", "",
-             "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for r in history:
-        lines.append("| " + " | ".join(_cell(r.get(k)) for k in keys) + " |")
-    if "fidelity" in history[-1]:
-        lines += ["", "## Reconstruction by function (after the last epoch)", "",
-                  "Each model's last stored epoch, encoded and decoded whole.", "",
-                  fidelity_markdown(history[-1]["fidelity"])]
-    atomic.write_text(out / "report.md", "\n".join(lines) + "\n")
-    _plot(out / "loss.png", history)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    return str(value) if isinstance(value, int) else f"{value:.4f}"
-
-
-def _plot(path: Path, history: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (loss, r2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    epochs = [r["epoch"] for r in history]
-    for split in ("train", "val"):
-        if f"{split}_loss" in history[-1]:
-            loss.plot(epochs, [r[f"{split}_loss"] for r in history], label=split)
-            r2.plot(epochs, [r[f"{split}_r2"] for r in history], label=split)
-    loss.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
-    r2.set(xlabel="epoch", ylabel="R²", title="reconstruction R²")
-    for ax in (loss, r2):
-        ax.legend()
-    fig.tight_layout()
-    atomic.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)

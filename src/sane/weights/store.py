@@ -3,9 +3,12 @@
 ::
 
     STORE/
-      store.json            format, settings, token manifest, standardization, permutation
-                            spec, the distinct architectures, one row per checkpoint (model,
-                            epoch, split, index of its architecture), property names
+      store.json            format, settings, the zoo (relative to the store), the distinct
+                            architectures, one row per checkpoint (model, epoch, split, index
+                            of its architecture), property names
+      tokenizer.json/.safetensors   the tokenizer (:class:`~sane.weights.tokenizer.Tokenizer`:
+                            token manifest, standardization, permutation spec, alignment
+                            reference), the one source of all of them
       tokens.npy            float32 [M, N, d_t]: standardized (and aligned) tokens, row m =
                             checkpoint m; opened as a read-only memory map
       mask.npy              bool [N, d_t]: real values vs padding, shared by all checkpoints
@@ -16,12 +19,11 @@
 Each checkpoint is stored exactly once. Windows, permutations and noise are produced on the fly
 (:mod:`sane.weights.augment`, :mod:`sane.train.windows`) by index arithmetic.
 
-Preparation order: (1) plan the tokens from the zoo's shared layout (models that differ only
-in key names, e.g. by dropout modules, are renamed to one set of keys: :mod:`sane.zoo.layout`);
-(2) with ``align``, weight matching of every model to one reference (saved first, and reused
-when a crashed run is repeated); (3) per-tensor standardization fitted on the training split's
-checkpoints only and applied to every split; (4) tokens written into ``tokens.npy`` under a
-temporary name, then renamed; ``store.json`` is written last and marks a complete store.
+Preparation order: (1) with ``align``, weight matching of every model to one reference (saved
+first, and reused when a crashed run is repeated); (2) the tokenizer fitted on the zoo's
+training split (:func:`~sane.weights.tokenizer.fit_zoo`) and saved; (3) tokens written into
+``tokens.npy`` under a temporary name, then renamed; ``store.json`` is written last and marks
+a complete store.
 """
 
 from __future__ import annotations
@@ -39,19 +41,18 @@ from tqdm.auto import tqdm
 
 from sane import atomic
 from sane.errors import ConfigError, FormatError
+from sane.settings import from_table, require
 from sane.weights.align import MANIFEST as ALIGNMENT_MANIFEST
 from sane.weights.align import Alignment, align_zoo
 from sane.weights.manifest import TokenManifest
-from sane.weights.permutations import PermutationSpec, permutation_spec
-from sane.weights.standardize import Standardization, fit_standardization
-from sane.weights.tokenize import make_manifest, tokenize_into
-from sane.weights.tokenizer import Tokenizer
+from sane.weights.tokenize import tokenize_into
+from sane.weights.tokenizer import Tokenizer, fit_zoo
 from sane.zoo.architectures import ArchConfig, build_model
-from sane.zoo.layout import as_architecture, zoo_layout
+from sane.zoo.layout import as_architecture
 from sane.zoo.storage import Zoo
 
 FORMAT = "sane-token-store"
-VERSION = 2  # 2: every row records its model's architecture
+VERSION = 3  # 2: every row records its architecture; 3: the tokenizer saved beside the tokens
 MANIFEST = "store.json"
 PROPERTIES = ("test_acc", "val_acc", "train_acc", "ggap", "epoch", "test_loss", "val_loss",
               "train_loss")
@@ -73,6 +74,13 @@ class StoreSettings:
     seed: int = 0
     max_abs: float | None = None
 
+    def __post_init__(self) -> None:
+        require(self.token_size is None or self.token_size >= 1, "token_size", "positive",
+                self.token_size)
+        require(self.max_abs is None or self.max_abs > 0, "max_abs", "positive", self.max_abs)
+        require(self.epochs is None or (len(self.epochs) > 0 and min(self.epochs) >= 0),
+                "epochs", "a non-empty list of epochs >= 0", self.epochs)
+
     def to_dict(self) -> dict[str, Any]:
         return {"token_size": self.token_size, "align": self.align,
                 "include_batchnorm": self.include_batchnorm,
@@ -83,6 +91,8 @@ class StoreSettings:
 class TokenStore:
     """A prepared token store, opened read-only.
 
+    ``tokenizer`` the tokenizer that made it (its ``manifest``, ``standardization`` and
+    permutation ``spec`` are also attributes of the store);
     ``tokens`` ``[M, N, d_t]`` float32 memory map; ``mask`` ``[N, d_t]`` bool; ``positions``
     ``[N, 3]`` int64; ``rows[m]`` = ``(model_id, epoch, split)``; ``properties`` ``[M, P]``
     float64 named by ``property_names``; ``architectures`` the distinct architectures of the
@@ -93,15 +103,14 @@ class TokenStore:
     def __init__(self, path: Path, meta: dict[str, Any]) -> None:
         self.path = path
         self.meta = meta
-        self.manifest = TokenManifest.from_dict(meta["token_manifest"])
-        self.standardization = Standardization.from_dict(meta["standardization"])
-        spec = meta.get("permutation_spec")
-        self.spec = None if spec is None else PermutationSpec.from_dict(spec)
+        self.tokenizer = Tokenizer.from_pretrained(path)
+        self.manifest = self.tokenizer.manifest
+        self.standardization = self.tokenizer.standardization
+        self.spec = self.tokenizer.spec
         self.rows: list[tuple[str, int, str]] = [
             (str(r["model"]), int(r["epoch"]), str(r["split"])) for r in meta["rows"]
         ]
         self.property_names: tuple[str, ...] = tuple(meta["property_names"])
-        self.codec = Tokenizer(self.manifest, self.standardization)  # decoding only
         self.architectures = [ArchConfig.from_dict(a) for a in meta["architectures"]]
         self.row_architecture = [int(r["architecture"]) for r in meta["rows"]]
         if any(not 0 <= a < len(self.architectures) for a in self.row_architecture):
@@ -132,10 +141,15 @@ class TokenStore:
 
     @property
     def settings(self) -> StoreSettings:
-        s = self.meta["settings"]
-        epochs = None if s["epochs"] is None else tuple(s["epochs"])
-        return StoreSettings(s["token_size"], s["align"], s["include_batchnorm"], epochs, s["seed"],
-                             s.get("max_abs"))
+        try:
+            return from_table(StoreSettings, self.meta["settings"], f"{self.path}: settings")
+        except ConfigError as error:
+            raise FormatError(str(error)) from error
+
+    @property
+    def zoo_path(self) -> Path:
+        """The zoo the store was prepared from (recorded relative to the store)."""
+        return self.path / self.meta["zoo"]
 
     @property
     def alignment(self) -> Alignment | None:
@@ -157,21 +171,7 @@ class TokenStore:
         """The checkpoint of ``row`` rebuilt from its tokens: de-standardized, in the aligned
         frame when the store is aligned; entries kept out of the tokens (batch norm by
         default) hold a fresh module's values."""
-        return self.codec.decode(torch.from_numpy(np.array(self.tokens[row])))
-
-    def tokenizer(self) -> Tokenizer:
-        """The tokenizer that made this store, to tokenize models from anywhere: for an
-        aligned store with the alignment reference's weights, read from the zoo (the
-        checkpoint the alignment was computed from)."""
-        alignment = self.alignment
-        if alignment is None:
-            return Tokenizer(self.manifest, self.standardization, self.spec)
-        zoo = Zoo.open(self.meta["zoo"])
-        epoch = alignment.epochs[alignment.reference]
-        reference = zoo_layout(zoo).rename(alignment.reference,
-                                           zoo.load_checkpoint(alignment.reference, epoch))
-        return Tokenizer(self.manifest, self.standardization, alignment.spec, reference,
-                         alignment.seed)
+        return self.tokenizer.decode(torch.from_numpy(np.array(self.tokens[row])))
 
     def architecture(self, row: int) -> ArchConfig:
         """The architecture of the model of ``row`` (its own activation, dropout...)."""
@@ -208,59 +208,34 @@ def prepare_store(
             raise ConfigError(f"{out} holds a store prepared with {store.settings.to_dict()}; "
                               "choose another --out or remove it")
         return store
-    layout = zoo_layout(zoo)
-    model = build_model(layout.arch)
-    manifest = make_manifest(model.state_dict(), settings.token_size, model=model,
-                             include_batchnorm=settings.include_batchnorm)
-    spec = _spec_or_none(model, settings.align)
     alignment = _alignment(zoo, out, settings, progress) if settings.align else None
-    def load(model_id: str, epoch: int) -> dict[str, torch.Tensor]:
-        state = layout.rename(model_id, zoo.load_checkpoint(model_id, epoch))
-        return state if alignment is None else alignment.apply(model_id, state)
-
-    if settings.max_abs is not None and not settings.max_abs > 0:
-        raise ConfigError(f"max_abs must be positive, got {settings.max_abs}")
-    rows, skipped = _select_rows(zoo, settings, manifest, alignment, load, progress)
-    if not any(split == "train" for _, _, split in rows):
-        raise FormatError(f"{zoo.path}: no usable training-split checkpoint to fit the "
-                          "standardization on")
-
-    train = [(m, e) for m, e, split in rows if split == "train"]
-    standardization = fit_standardization(
-        (load(m, e) for m, e in tqdm(train, desc="standardization", disable=not progress)),
-        keys=manifest.tokenized_keys(),
-    )
+    fit = fit_zoo(zoo, token_size=settings.token_size, align=settings.align,
+                  include_batchnorm=settings.include_batchnorm, seed=settings.seed,
+                  epochs=settings.epochs, max_abs=settings.max_abs, alignment=alignment,
+                  progress=progress)
+    tokenizer, rows = fit.tokenizer, fit.rows
     arch_of = {m: json.dumps(zoo.model(m).architecture.to_dict(), sort_keys=True)
                for m, _, _ in rows}
     architectures = sorted(set(arch_of.values()))
-    _write_tokens(out, rows, manifest, lambda m, e: standardization.apply(load(m, e)), progress)
-    atomic.save_array(out / "mask.npy", manifest.mask().numpy())
-    atomic.save_array(out / "positions.npy", manifest.positions().numpy())
+    _write_tokens(out, rows, tokenizer.manifest,
+                  lambda m, e: tokenizer.standardization.apply(fit.load(m, e)), progress)
+    atomic.save_array(out / "mask.npy", tokenizer.manifest.mask().numpy())
+    atomic.save_array(out / "positions.npy", tokenizer.manifest.positions().numpy())
     atomic.save_array(out / "properties.npy", _properties(zoo, rows))
+    tokenizer.save_pretrained(out)
     atomic.write_json(out / MANIFEST, {
-        "format": FORMAT, "version": VERSION, "zoo": str(zoo.path.resolve()),
-        "architecture": layout.arch.to_dict(), "settings": settings.to_dict(),
-        "token_manifest": manifest.to_dict(), "standardization": standardization.to_dict(),
-        "permutation_spec": None if spec is None else spec.to_dict(),
+        "format": FORMAT, "version": VERSION,
+        "zoo": os.path.relpath(zoo.path.resolve(), out.resolve()),
+        "architecture": fit.layout.arch.to_dict(), "settings": settings.to_dict(),
         "alignment_reference": None if alignment is None else alignment.reference,
         "architectures": [json.loads(a) for a in architectures],
         "rows": [{"model": m, "epoch": e, "split": s,
                   "architecture": architectures.index(arch_of[m])} for m, e, s in rows],
-        "skipped_non_finite": skipped["non_finite"],
-        "skipped_above_max_abs": skipped["above_max_abs"], "property_names": list(PROPERTIES),
+        "skipped_non_finite": fit.skipped["non_finite"],
+        "skipped_above_max_abs": fit.skipped["above_max_abs"],
+        "property_names": list(PROPERTIES),
     })
     return TokenStore.open(out)
-
-
-def _spec_or_none(model: torch.nn.Module, required: bool) -> PermutationSpec | None:
-    """The model's permutation spec, or None when its graph has no supported one (then the
-    store offers no permutation augmentation, and ``align`` is an error)."""
-    try:
-        return permutation_spec(model)
-    except ConfigError:
-        if required:
-            raise
-        return None
 
 
 def _alignment(zoo: Zoo, out: Path, settings: StoreSettings, progress: bool) -> Alignment:
@@ -271,43 +246,6 @@ def _alignment(zoo: Zoo, out: Path, settings: StoreSettings, progress: bool) -> 
     alignment = align_zoo(zoo, seed=settings.seed, progress=progress)
     alignment.save(out)
     return alignment
-
-
-def _select_rows(
-    zoo: Zoo,
-    settings: StoreSettings,
-    manifest: TokenManifest,
-    alignment: Alignment | None,
-    load: Callable[[str, int], dict[str, torch.Tensor]],
-    progress: bool,
-) -> tuple[list[tuple[str, int, str]], dict[str, int]]:
-    """``(model, epoch, split)`` of every checkpoint to store, in split then id then epoch
-    order, and the numbers left out for non-finite weights and for weights above
-    ``settings.max_abs``."""
-    split_of = {m: s for s, ids in zoo.split.items() for m in ids}
-    rows, skipped = [], {"non_finite": 0, "above_max_abs": 0}
-    ids = [m for s in ("train", "val", "test") for m in sorted(zoo.split[s])]
-    for model_id in tqdm(ids, desc="checking", unit="model", disable=not progress):
-        if alignment is not None and model_id not in alignment.perms:
-            continue  # no finite checkpoint at all
-        for epoch in zoo.checkpoint_epochs(model_id):
-            if settings.epochs is not None and epoch not in settings.epochs:
-                continue
-            try:
-                state = load(model_id, epoch)
-                manifest.check_state_dict(state, finite=False)
-            except FormatError as error:
-                raise FormatError(f"{zoo.checkpoint_path(model_id, epoch)}: {error}") from error
-            values = [state[k] for k in manifest.tokenized_keys()]
-            if not all(torch.isfinite(v).all() for v in values):
-                skipped["non_finite"] += 1
-                continue
-            if settings.max_abs is not None and max(float(v.abs().max()) for v in values
-                                                    if v.numel()) > settings.max_abs:
-                skipped["above_max_abs"] += 1
-                continue
-            rows.append((model_id, epoch, split_of[model_id]))
-    return rows, skipped
 
 
 def _write_tokens(

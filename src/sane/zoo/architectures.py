@@ -16,7 +16,7 @@ import dataclasses
 import functools
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from sane.errors import ConfigError
+from sane.settings import from_table, require
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
@@ -65,23 +66,38 @@ class ArchConfig:
     width: int = 1
     hidden: tuple[int, ...] = (64, 32)
 
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check_arch_value(f.name, getattr(self, f.name))
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ArchConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(
-                f"unknown architecture keys {sorted(unknown)}; known: {sorted(known)}"
-            )
-        d = dict(d)
-        if "hidden" in d:
-            d["hidden"] = tuple(int(h) for h in d["hidden"])
-        return cls(**d)
+    def from_dict(cls, d: Mapping[str, Any], where: str = "architecture") -> ArchConfig:
+        """The config :meth:`to_dict` wrote (missing keys take their defaults); ConfigError
+        naming ``where`` and the key of a bad value."""
+        return from_table(cls, d, where)
+
+
+def check_arch_value(key: str, value: Any) -> None:
+    """The rule of the :class:`ArchConfig` field ``key``: ConfigError ``"<key> must be ...,
+    got <value>"`` unless ``value`` obeys it (known name, activation and init; dropout in
+    [0, 1); positive sizes)."""
+    if key == "name":
+        require(value in ARCHITECTURES, key, f"one of {sorted(ARCHITECTURES)}", value)
+    elif key == "activation":
+        require(value in ACTIVATIONS, key, f"one of {sorted(ACTIVATIONS)}", value)
+    elif key == "init":
+        require(value in INITS, key, f"one of {sorted(INITS)}", value)
+    elif key == "dropout":
+        require(0 <= value < 1, key, "in [0, 1)", value)
+    elif key == "hidden":
+        require(all(h >= 1 for h in value), key, "positive sizes", list(value))
+    else:  # in_channels, num_classes, input_size, width
+        require(value >= 1, key, "positive", value)
 
 
 Builder = Callable[[ArchConfig], nn.Module]
@@ -98,27 +114,12 @@ def register(name: str) -> Callable[[Builder], Builder]:
     return add
 
 
-def _check(config: ArchConfig) -> None:
-    if config.name not in ARCHITECTURES:
-        raise ConfigError(f"unknown architecture {config.name!r}; known: {sorted(ARCHITECTURES)}")
-    if config.activation not in ACTIVATIONS:
-        raise ConfigError(f"unknown activation {config.activation!r}; known: {sorted(ACTIVATIONS)}")
-    if config.init not in INITS:
-        raise ConfigError(f"unknown init {config.init!r}; known: {sorted(INITS)}")
-    if not 0 <= config.dropout < 1:
-        raise ConfigError(f"dropout must lie in [0, 1), got {config.dropout}")
-    for key in ("in_channels", "num_classes", "input_size", "width"):
-        if getattr(config, key) < 1:
-            raise ConfigError(f"{key} must be positive, got {getattr(config, key)}")
-
-
 def build_model(config: ArchConfig, seed: int | None = None) -> nn.Module:
     """Build and initialize the architecture ``config.name``.
 
     With ``seed``, initialization uses a private RNG seeded with it (the global RNG is left
     untouched), so the same config and seed always give the same weights.
     """
-    _check(config)
     if seed is None:
         return _initialize(ARCHITECTURES[config.name](config), config.init)
     with torch.random.fork_rng(devices=[]):
@@ -185,23 +186,36 @@ def _conv_out(size: int, kernel: int, pool: int = 1) -> int:
 @register("cnn_s")
 def cnn_s(c: ArchConfig) -> nn.Module:
     """CNN-s of Model Zoos: 2,464 parameters for 1×28×28 inputs and 10 classes (width 1)."""
-    act = ACTIVATIONS[c.activation]
-    w1, w2, w3, h = 8 * c.width, 6 * c.width, 4 * c.width, 20 * c.width
-    side = _conv_out(_conv_out(_conv_out(c.input_size, 5, 2), 5, 2), 2)
-    return Sequential([
-        nn.Conv2d(c.in_channels, w1, 5), nn.MaxPool2d(2, 2), act(), *_dropout(c.dropout),
-        nn.Conv2d(w1, w2, 5), nn.MaxPool2d(2, 2), act(), *_dropout(c.dropout),
-        nn.Conv2d(w2, w3, 2), act(),
-        nn.Flatten(),
-        nn.Linear(w3 * side * side, h), act(), *_dropout(c.dropout),
-        nn.Linear(h, c.num_classes),
-    ])
+    return _cnn_s(c, deep=False)
 
 
 @register("cnn_s_wide")
 def cnn_s_wide(c: ArchConfig) -> nn.Module:
     """CNN-s with every hidden width doubled (8,950 parameters), for architecture transfer."""
     return cnn_s(dataclasses.replace(c, width=2 * c.width))
+
+
+@register("cnn_s_deep")
+def cnn_s_deep(c: ArchConfig) -> nn.Module:
+    """CNN-s with one more convolution (3×3, same padding, ``6 × width`` channels) after the
+    second block: 6 layers, 2,794 parameters, for architecture transfer."""
+    return _cnn_s(c, deep=True)
+
+
+def _cnn_s(c: ArchConfig, *, deep: bool) -> nn.Module:
+    act = ACTIVATIONS[c.activation]
+    w1, w2, w3, h = 8 * c.width, 6 * c.width, 4 * c.width, 20 * c.width
+    side = _conv_out(_conv_out(_conv_out(c.input_size, 5, 2), 5, 2), 2)
+    extra = [nn.Conv2d(w2, w2, 3, padding=1), act(), *_dropout(c.dropout)] if deep else []
+    return Sequential([
+        nn.Conv2d(c.in_channels, w1, 5), nn.MaxPool2d(2, 2), act(), *_dropout(c.dropout),
+        nn.Conv2d(w1, w2, 5), nn.MaxPool2d(2, 2), act(), *_dropout(c.dropout),
+        *extra,
+        nn.Conv2d(w2, w3, 2), act(),
+        nn.Flatten(),
+        nn.Linear(w3 * side * side, h), act(), *_dropout(c.dropout),
+        nn.Linear(h, c.num_classes),
+    ])
 
 
 @register("cnn_l")
@@ -282,11 +296,11 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """CIFAR-style ResNet with torchvision's state-dict keys (``conv1``, ``layer1.0.bn2``...)."""
 
-    def __init__(self, blocks: tuple[int, ...], c: ArchConfig) -> None:
+    def __init__(self, blocks: tuple[int, ...], c: ArchConfig, base: int = 64) -> None:
         super().__init__()
         _no_dropout(c)
         act = ACTIVATIONS[c.activation]
-        widths = [64 * c.width * 2**i for i in range(len(blocks))]
+        widths = [base * c.width * 2**i for i in range(len(blocks))]
         self.conv1 = nn.Conv2d(c.in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = act()
@@ -296,13 +310,29 @@ class ResNet(nn.Module):
                      for j in range(n)]
             self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
             c_in = c_out
+        self.stages = len(blocks)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c_in, c.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for i in range(1, self.stages + 1):
+            x = getattr(self, f"layer{i}")(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+@register("resnet_s")
+def resnet_s(c: ArchConfig) -> nn.Module:
+    """A 2-block ResNet (one basic block in each of 2 stages of 8 and 16 channels × width,
+    batch norm; 5,122 parameters for 1×28×28 inputs and 10 classes): the batch-norm path at
+    CPU size."""
+    return ResNet((1, 1), c, base=8)
+
+
+@register("resnet_s_deep")
+def resnet_s_deep(c: ArchConfig) -> nn.Module:
+    """:func:`resnet_s` with two blocks per stage (4 blocks), for architecture transfer."""
+    return ResNet((2, 2), c, base=8)
 
 
 @register("resnet18")

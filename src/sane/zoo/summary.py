@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from sane import atomic
+from sane import atomic, markdown
 from sane.zoo.storage import Zoo
 
 SPLITS = ("train", "val", "test")
@@ -35,17 +35,16 @@ def summary_table(zoo: Zoo) -> str:
         f"- models: {len(zoo.models)} ("
         + ", ".join(f"{name}: {n}" for name, n in sorted(archs.items())) + ")",
         "",
-        "| split | models | last epoch | checkpoints | with test acc | final test acc min | q1 "
-        "| median | q3 | max | mean | ggap mean |",
-        "|---|" + "---:|" * 11,
     ]
     groups = {part: zoo.split[part] for part in SPLITS} | {"all": [m.id for m in zoo.models]}
-    for part, ids in groups.items():
-        lines.append(_table_row(part, [rows[i] for i in ids]))
+    lines.append(markdown.table(
+        ["split", "models", "last epoch", "checkpoints", "with test acc", "final test acc min",
+         "q1", "median", "q3", "max", "mean", "ggap mean"],
+        [_table_row(part, [rows[i] for i in ids]) for part, ids in groups.items()]))
     return "\n".join(lines)
 
 
-def _table_row(part: str, models: list[list[dict[str, Any]]]) -> str:
+def _table_row(part: str, models: list[list[dict[str, Any]]]) -> list[Any]:
     last = [r[-1]["epoch"] for r in models if r]
     checkpoints = sum(row["checkpoint"] for r in models for row in r)
     finals = [_final_pair(r) for r in models]
@@ -53,14 +52,14 @@ def _table_row(part: str, models: list[list[dict[str, Any]]]) -> str:
     gaps = [g for a, g in finals if a is not None and g is not None]
     epochs = "-" if not last else (
         f"{min(last)}" if min(last) == max(last) else f"{min(last)}–{max(last)}")
-    cells = [part, str(len(models)), epochs, str(checkpoints), str(acc.size)]
+    cells: list[Any] = [part, len(models), epochs, checkpoints, acc.size]
     if acc.size:
         q1, median, q3 = np.percentile(acc, [25, 50, 75])
-        cells += [f"{v:.4f}" for v in (acc.min(), q1, median, q3, acc.max(), acc.mean())]
+        cells += [float(v) for v in (acc.min(), q1, median, q3, acc.max(), acc.mean())]
     else:
         cells += ["-"] * 6
-    cells.append(f"{np.mean(gaps):.4f}" if gaps else "-")
-    return "| " + " | ".join(cells) + " |"
+    cells.append(float(np.mean(gaps)) if gaps else "-")
+    return cells
 
 
 def _final_pair(rows: list[dict[str, Any]]) -> tuple[float | None, float | None]:

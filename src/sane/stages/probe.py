@@ -1,5 +1,6 @@
-"""Predicting model properties from their weights (SANE §5.1): SANE embeddings against the
-``W`` and ``s(W)`` baselines, each through a linear probe, on one token store.
+"""``sane probe``: predicting model properties from their weights (SANE §5.1), SANE
+embeddings against the ``W`` and ``s(W)`` baselines, each through a linear probe
+(:mod:`sane.downstream.probes`), on one token store.
 
 ::
 
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +26,24 @@ from sane.downstream.probes import markdown_table, probe_table
 from sane.errors import FormatError
 from sane.model import SANE
 from sane.train.fidelity import fidelity_markdown, reconstruction_report
-from sane.train.pretraining import run_store
+from sane.train.run_dir import run_store
 
 PROPERTIES = ("test_acc", "epoch", "ggap")
 FEATURES = ("SANE", "W", "sW-layer")
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What property prediction computed: one row per (feature set, property) of
+    :func:`~sane.downstream.probes.probe_table` (``rows``), and with a SANE its reconstruction
+    by function per split (``reconstruction``, :mod:`sane.train.fidelity`)."""
+
+    rows: list[dict[str, Any]]
+    reconstruction: dict[str, Any] | None
+
+    def markdown(self) -> str:
+        """Test R² (validation R²) per property and feature set."""
+        return markdown_table(self.rows)
 
 
 def predict_properties(
@@ -38,11 +54,11 @@ def predict_properties(
     features: Sequence[str] = FEATURES,
     properties: Sequence[str] = PROPERTIES,
     progress: bool = True,
-) -> list[dict[str, Any]]:
+) -> ProbeResult:
     """Probe ``properties`` from each feature set on the store's splits; writes ``out``.
 
     ``run`` is a pretraining run directory (needed for ``"SANE"``); ``store`` defaults to the
-    store the run was trained on. Returns the rows of :func:`probe_table`.
+    store the run was trained on.
     """
     if run is None and store is None:
         raise FormatError("give a pretraining run or a token store")
@@ -69,4 +85,4 @@ def predict_properties(
                  "last stored epoch, encoded and decoded whole.\n\n"
                  + fidelity_markdown(fidelity) + "\n")
     atomic.write_text(out / "probes.md", text)
-    return rows
+    return ProbeResult(rows, fidelity)

@@ -1,0 +1,127 @@
+"""A pretrained SANE as one portable object: load a run directory, then embed, reconstruct
+or sample models of its architecture, with no zoo or token store present.
+
+::
+
+    pipe = sane.Pipeline.from_pretrained("runs/demo/sane")
+    vectors = pipe.embed([net_a, net_b])         # [2, d_z] float64, one row per model
+    copy = pipe.reconstruct(net_a)               # a new module holding the decoded weights
+    new = pipe.sample([net_a, net_b], count=5)   # 5 new modules around the two prompts
+
+Models are ``nn.Module`` s or state dicts (under their own key names: a model whose dropout
+modules shift its keys is renamed position by position) of an architecture whose parameters
+fit the run's tokenizer; anything else is refused with an error naming the first mismatch.
+Each model is aligned to the zoo's reference (aligned runs), standardized and tokenized
+(:class:`~sane.weights.tokenizer.Tokenizer`), then encoded whole through haloed windows.
+Outputs take the form of the input: modules in, new modules out (copies of the first input,
+so their activation and dropout are kept); state dicts in, state dicts under the same keys
+out. Reconstructed and sampled models are in the reference's alignment (the same functions
+as their permuted twins); entries kept out of the tokens (batch-norm statistics, unless the
+store tokenized them) hold a fresh module's values: condition them on data with
+:func:`sane.zoo.batchnorm.condition_batchnorm` before use.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from sane.downstream.sampling import kde_sample, latent_spread
+from sane.errors import ConfigError, FormatError
+from sane.model import SANE
+from sane.weights.tokenizer import Tokenizer
+from sane.zoo.layout import rename_positionally
+
+Model = nn.Module | Mapping[str, torch.Tensor]
+
+
+class Pipeline:
+    """``model`` a pretrained SANE, ``tokenizer`` the tokenizer of its token store."""
+
+    def __init__(self, model: SANE, tokenizer: Tokenizer) -> None:
+        if model.config.token_size != tokenizer.manifest.token_size:
+            raise FormatError(f"the SANE takes tokens of {model.config.token_size} values, the "
+                              f"tokenizer makes {tokenizer.manifest.token_size}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.positions = tokenizer.manifest.positions()
+
+    @classmethod
+    def from_pretrained(cls, run: str | Path, *, device: str | torch.device = "cpu"
+                        ) -> Pipeline:
+        """The SANE and tokenizer saved in the run directory ``run`` (``sane pretrain``)."""
+        return cls(SANE.from_pretrained(run, device=device), Tokenizer.from_pretrained(run))
+
+    def tokens(self, models: Sequence[Model]) -> torch.Tensor:
+        """Standardized (and aligned) tokens ``[B, N, d_t]`` of ``models``; errors name the
+        model by its index."""
+        if isinstance(models, (nn.Module, Mapping)) or not len(models):
+            raise ConfigError("give a non-empty list of models (modules or state dicts)")
+        encoded = []
+        for i, m in enumerate(models):
+            try:
+                encoded.append(self.tokenizer.encode(_state(m)))
+            except FormatError as error:
+                raise FormatError(f"model {i}: {error}") from error
+        return torch.stack(encoded)
+
+    @torch.no_grad()
+    def latents(self, models: Sequence[Model]) -> torch.Tensor:
+        """Per-token latents ``[B, N, d_z]`` of whole ``models`` (haloed)."""
+        device = next(self.model.parameters()).device
+        return self.model.encode_sequence(self.tokens(models).to(device),
+                                          self.positions).cpu().float()
+
+    def embed(self, models: Sequence[Model]) -> np.ndarray:
+        """One vector per model, ``[B, d_z]`` float64: the mean of its token latents."""
+        return self.latents(models).mean(dim=1).double().numpy()
+
+    def reconstruct(self, model: Model) -> Model:
+        """``model`` encoded and decoded whole: a new model of the same form."""
+        return self._decoded(self.latents([model]), model)[0]
+
+    def sample(self, prompts: Sequence[Model], count: int, *, bandwidth: float = 0.1,
+               relative: bool = True, seed: int = 0) -> list[Model]:
+        """``count`` new models drawn around ``prompts`` (:func:`kde_sample`): each is one
+        prompt's latent sequence plus Gaussian noise of standard deviation ``bandwidth``
+        times the prompts' latent spread (``relative``) or ``bandwidth`` itself; decoded
+        whole. The same ``seed`` gives the same models. Unscored and unselected: the ``sane
+        sample`` command adds batch-norm conditioning, scoring and selection."""
+        if count < 1 or bandwidth < 0:
+            raise ConfigError(f"sampling needs count >= 1 and bandwidth >= 0, got {count} "
+                              f"and {bandwidth}")
+        bank = self.latents(prompts)
+        noise_std = bandwidth * (latent_spread(bank) if relative else 1.0)
+        generator = torch.Generator().manual_seed(seed)
+        return self._decoded(kde_sample(bank, count, noise_std, generator), prompts[0])
+
+    @torch.no_grad()
+    def _decoded(self, latents: torch.Tensor, like: Model) -> list[Model]:
+        """Models decoded from ``latents [B, N, d_z]``, in the form of ``like``."""
+        device = next(self.model.parameters()).device
+        tokens = self.model.decode_sequence(latents.to(device), self.positions).cpu().float()
+        own = _state(like)
+        layout = [(k, tuple(t.shape)) for k, t in own.items()]
+        out: list[Model] = []
+        for t in tokens:
+            state = rename_positionally(self.tokenizer.decode(t), layout)
+            if isinstance(like, nn.Module):
+                net = copy.deepcopy(like)
+                net.load_state_dict(state)
+                out.append(net.eval())
+            else:
+                out.append(state)
+        return out
+
+
+def _state(model: Model) -> dict[str, torch.Tensor]:
+    if isinstance(model, nn.Module):
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if isinstance(model, Mapping):
+        return dict(model)
+    raise ConfigError(f"expected an nn.Module or a state dict, got {type(model).__name__}")

@@ -1,0 +1,184 @@
+"""The prompt models of a sampling request, with what sampling around them needs.
+
+Prompts come from one of two places:
+
+- **the store** SANE was pretrained on (:func:`store_prompts`): the first ``count``
+  training-split models (in id order, or the most accurate) at one stored epoch, in the
+  store's tokens; scored on the zoo's task or a new one of the same input and classes;
+- **a zoo of a target architecture** (:func:`zoo_prompts`), e.g. 1-5 models of a wider or
+  deeper network trained for 1-5 epochs, as ``sane zoo train`` writes them: a tokenizer
+  with the SANE's token size is fitted on them (aligned to one of them by weight matching
+  when the architecture has a permutation spec, standardized over all of them), and their
+  tokens are given positions within the pretrained layout
+  (:func:`sane.weights.positions.relative_positions`); scored on that zoo's task.
+
+:func:`request_prompts` rebuilds either from a request recorded in ``samples.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sane.data import Dataset, load_dataset
+from sane.errors import ConfigError, FormatError
+from sane.train.run_dir import run_store
+from sane.weights.permutations import permutation_spec
+from sane.weights.positions import relative_positions
+from sane.weights.store import TokenStore
+from sane.weights.tokenize import tokenize_into
+from sane.weights.tokenizer import Tokenizer, fit_zoo
+from sane.zoo import ArchConfig, Zoo, build_model
+from sane.zoo.architectures import input_shape
+from sane.zoo.evaluation import zoo_data
+from sane.zoo.layout import as_architecture
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """``E`` prompt models: ``ids`` (model, epoch), ``arch_index`` into ``architectures``,
+    standardized ``tokens [E, N, d_t]`` and ``states`` (canonical keys, aligned); their
+    ``tokenizer`` (decodes samples of their layout), the ``positions [N, 3]`` SANE sees
+    their tokens at, and the ``data`` of their task."""
+
+    ids: list[tuple[str, int]]
+    arch_index: list[int]
+    architectures: list[ArchConfig]
+    tokens: torch.Tensor
+    states: list[dict[str, torch.Tensor]]
+    tokenizer: Tokenizer
+    positions: torch.Tensor
+    data: Dataset
+
+    def groups(self) -> dict[int, list[int]]:
+        """Architecture index → the prompts of that architecture (sampled on their own)."""
+        groups: dict[int, list[int]] = {}
+        for i, a in enumerate(self.arch_index):
+            groups.setdefault(a, []).append(i)
+        return groups
+
+    def network(self, i: int) -> nn.Module:
+        """Prompt ``i`` as a network of its own architecture."""
+        arch = self.architectures[self.arch_index[i]]
+        net = build_model(arch, seed=0)
+        net.load_state_dict(as_architecture(arch, self.states[i]))
+        return net
+
+
+def store_prompts(store: TokenStore, count: int, epoch: int | None = None, *,
+                  best: bool = False, dataset: str | None = None, root: str | None = None
+                  ) -> Prompts:
+    """Prompts from the store (:func:`prompt_rows`), for its zoo's task or ``dataset``."""
+    rows = prompt_rows(store, count, epoch, best=best)
+    return Prompts([store.rows[r][:2] for r in rows], [store.row_architecture[r] for r in rows],
+                   store.architectures, torch.tensor(store.tokens[rows]),
+                   [store.state_dict(r) for r in rows], store.tokenizer, store.positions,
+                   target_data(store, dataset, root))
+
+
+def zoo_prompts(zoo_path: str | Path, source: Tokenizer, count: int,
+                epoch: int | None = None, *, best: bool = False) -> Prompts:
+    """Prompts from a zoo of a target architecture for a SANE whose tokenizer is
+    ``source``: ``count`` of its models (every split; in id order, or the most accurate) at
+    ``epoch`` (default: each model's last), scored on that zoo's task."""
+    zoo = Zoo.open(zoo_path)
+    arch = min(zoo.models, key=lambda m: m.id).architecture
+    try:
+        permutation_spec(build_model(arch, seed=0))
+        aligned = True
+    except ConfigError:  # no permutation spec: the prompts are not aligned
+        aligned = False
+    fit = fit_zoo(zoo, token_size=source.manifest.token_size, align=aligned,
+                  splits=("train", "val", "test"))
+    by_model: dict[str, list[int]] = {}
+    for model_id, e, _ in fit.rows:
+        by_model.setdefault(model_id, []).append(e)
+    ids = [(m, max(es) if epoch is None else epoch) for m, es in sorted(by_model.items())
+           if epoch is None or epoch in es]
+    if len(ids) < count:
+        raise ConfigError(f"{zoo.path}: {len(ids)} models have a usable checkpoint"
+                          f"{'' if epoch is None else f' at epoch {epoch}'}; {count} prompts "
+                          "were asked for")
+    if best:
+        ids = sorted(ids, key=lambda i: -_test_accuracy(zoo, *i))
+    ids = ids[:count]
+    states = [fit.load(m, e) for m, e in ids]
+    manifest = fit.tokenizer.manifest
+    tokens = torch.empty(len(ids), manifest.num_tokens, manifest.token_size)
+    for i, state in enumerate(states):
+        tokenize_into(fit.tokenizer.standardization.apply(state), manifest, tokens[i])
+    architectures = sorted({zoo.model(m).architecture for m, _ in ids},
+                           key=lambda a: repr(a.to_dict()))
+    return Prompts(ids, [architectures.index(zoo.model(m).architecture) for m, _ in ids],
+                   architectures, tokens, states, fit.tokenizer,
+                   relative_positions(source.manifest, manifest), zoo_data(zoo))
+
+
+def request_prompts(request: dict[str, Any]) -> Prompts:
+    """The prompts of a sampling request as ``samples.json`` records it."""
+    if request.get("prompts_from") is not None:
+        return zoo_prompts(request["prompts_from"], Tokenizer.from_pretrained(request["run"]),
+                           request["prompts"], request["prompt_epoch"],
+                           best=request["best_prompts"])
+    return store_prompts(run_store(request["run"], request["store"]), request["prompts"],
+                         request["prompt_epoch"], best=request["best_prompts"],
+                         dataset=request["dataset"], root=request["root"])
+
+
+def prompt_rows(store: TokenStore, count: int, epoch: int | None, *, best: bool = False
+                ) -> list[int]:
+    """Store rows of ``count`` training-split models at ``epoch`` (default: each model's last
+    stored epoch): the first in id order, or with ``best`` those of highest test accuracy
+    (the KDE30 protocol fits its KDE on the best 30 %)."""
+    by_model: dict[str, dict[int, int]] = {}
+    for row in store.split_rows("train").tolist():
+        model_id, e, _ = store.rows[row]
+        by_model.setdefault(model_id, {})[e] = row
+    rows = []
+    for model_id in sorted(by_model):
+        epochs = by_model[model_id]
+        chosen = max(epochs) if epoch is None else epoch
+        if chosen in epochs:
+            rows.append(epochs[chosen])
+    if len(rows) < count:
+        which = "in the store" if epoch is None else f"with epoch {epoch} in the store"
+        raise ConfigError(f"{store.path}: {len(rows)} training models are {which}; {count} "
+                          "prompts were asked for")
+    if best:
+        accuracy = store.property("test_acc")
+        rows = sorted(rows, key=lambda r: -accuracy[r])
+    return rows[:count]
+
+
+def target_data(store: TokenStore, dataset: str | None = None, root: str | None = None
+                ) -> Dataset:
+    """The data of the store's task: its zoo's own dataset
+    (:func:`sane.zoo.evaluation.zoo_data`) or, for a new task, ``dataset`` (read from
+    ``root``), resized and converted to the zoo's input; it must have as many classes."""
+    if dataset is None:
+        return zoo_data(Zoo.open(store.zoo_path))
+    arch = store.architectures[0]
+    expected = input_shape(arch)
+    mismatch = (f"dataset {dataset!r} cannot feed the zoo's {arch.name}, which takes "
+                f"{arch.num_classes} classes of inputs {list(expected)}")
+    try:
+        ds = load_dataset(dataset, root, size=None if len(expected) == 2 else arch.input_size,
+                          grayscale=arch.in_channels == 1)
+    except ConfigError as error:
+        raise ConfigError(f"{mismatch}: {error}") from error
+    if ds.input_shape != expected or ds.num_classes != arch.num_classes:
+        raise ConfigError(f"{mismatch}: it gives {ds.num_classes} classes of inputs "
+                          f"{list(ds.input_shape)}")
+    return ds
+
+
+def _test_accuracy(zoo: Zoo, model_id: str, epoch: int) -> float:
+    row = {r["epoch"]: r for r in zoo.metrics(model_id)}.get(epoch, {})
+    value = row.get("test_acc")
+    if value is None:
+        raise FormatError(f"{zoo.path}: model {model_id} has no test accuracy at epoch {epoch}")
+    return float(value)

@@ -1,0 +1,142 @@
+"""The pretraining run directory: claimed once for one store and config, saved atomically
+after every epoch, resumed from the last finished epoch, and self-contained.
+
+::
+
+    RUN/
+      run.json              format, the resolved pretraining and model config, the store's
+                            fingerprint (a rerun must match all of them) and, as provenance
+                            only, the store and its zoo relative to RUN
+      training.safetensors  after every epoch: model, optimizer state; the metadata holds the
+                            optimizer hyperparameters, schedule and history (one file, written
+                            atomically, so a crash leaves the last finished epoch)
+      sane.json, model.safetensors   the model after the last finished epoch
+      tokenizer.json/.safetensors   the store's tokenizer with the alignment reference
+      history.json, report.md, loss.png   :mod:`sane.train.report`
+
+A run directory can be moved or copied: :class:`sane.pipeline.Pipeline` loads it with no store
+or zoo present. Commands that need the store (probes, sampling from stored prompts) find it
+through the relative path in ``run.json`` or take it as ``--store``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sane import atomic
+from sane.errors import ConfigError, FormatError
+from sane.model.sane import SANE, load_checked
+from sane.train.report import write_reports
+from sane.weights.store import MANIFEST as STORE_MANIFEST
+from sane.weights.store import TokenStore
+
+FORMAT = "sane-pretrain-run"
+VERSION = 2  # 2: store and zoo relative to the run, the store's fingerprint
+RUN_FILE = "run.json"
+STATE_FILE = "training.safetensors"
+
+
+def store_fingerprint(store: TokenStore) -> str:
+    """A short hash of the store's manifest: the same store wherever it lies."""
+    return hashlib.sha256((store.path / STORE_MANIFEST).read_bytes()).hexdigest()[:16]
+
+
+def run_record(out: Path, store: TokenStore, pretrain: dict[str, Any], model: dict[str, Any]
+               ) -> dict[str, Any]:
+    """The content of ``run.json`` for a run in ``out`` on ``store``."""
+    return {"format": FORMAT, "version": VERSION, "pretrain": pretrain, "model": model,
+            "store_fingerprint": store_fingerprint(store),
+            "store": _relative(store.path, out), "zoo": _relative(store.zoo_path, out)}
+
+
+def claim(out: Path, record: dict[str, Any]) -> None:
+    """Write ``run.json`` in a new run directory, or check that an existing one was made with
+    the same config and store (the paths may differ: the run or the store may have moved)."""
+    file = out / RUN_FILE
+    if file.is_file():
+        existing = atomic.read_manifest(file, FORMAT, VERSION)
+        same = ("pretrain", "model", "store_fingerprint")
+        if any(existing.get(k) != json.loads(json.dumps(record[k])) for k in same):
+            raise ConfigError(f"{out} holds a run with another store or config (see {file}); "
+                              "choose another --out or remove it")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} exists and is not a pretraining run; choose another --out")
+    atomic.write_json(file, record)
+
+
+def run_store(run: str | Path, store: str | Path | None = None) -> TokenStore:
+    """``store`` when given, else the token store the pretraining run ``run`` was trained on
+    (found relative to the run)."""
+    if store is None:
+        file = Path(run) / RUN_FILE
+        if not file.is_file():
+            raise FormatError(f"{run} is not a pretraining run: {RUN_FILE} not found "
+                              "(give the token store with --store)")
+        meta = atomic.read_manifest(file, FORMAT, VERSION)
+        if not isinstance(meta.get("store"), str):
+            raise FormatError(f"{file}: no store path")
+        store = Path(run) / meta["store"]
+        if not (store / STORE_MANIFEST).is_file():
+            raise FormatError(f"{run}: its token store is not at {store} (the run or the store "
+                              "moved?); give it with --store")
+    return TokenStore.open(store)
+
+
+def _relative(path: Path, start: Path) -> str:
+    return os.path.relpath(path.resolve(), start.resolve())
+
+
+def save_epoch(out: Path, model: SANE, optimizer: torch.optim.Optimizer, scheduler: Any,
+          history: list[dict[str, Any]]) -> None:
+    """The training state of a finished epoch in one atomic file, then the model and the
+    reports (which a rerun rewrites from the state if a crash came between)."""
+    optim = optimizer.state_dict()
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for index, state in optim["state"].items():
+        tensors |= {f"optimizer.{index}.{k}": v for k, v in state.items()}
+    meta = {"param_groups": optim["param_groups"], "scheduler": scheduler.state_dict(),
+            "history": history}
+    atomic.save_tensors(out / STATE_FILE, tensors, {"state": json.dumps(meta)})
+    model.save_pretrained(out)
+    write_reports(out, history)
+
+
+def resume(out: Path, model: SANE, optimizer: torch.optim.Optimizer, scheduler: Any
+            ) -> list[dict[str, Any]]:
+    """Load the state of the last finished epoch into model, optimizer and schedule; returns
+    the history so far (empty for a new run)."""
+    from safetensors import SafetensorError, safe_open
+
+    file = out / STATE_FILE
+    if not file.is_file():
+        return []
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            meta = json.loads(f.metadata()["state"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, SafetensorError, KeyError, TypeError, json.JSONDecodeError) as error:
+        raise FormatError(f"{file}: unreadable training state ({error}); remove it to start "
+                          "over") from error
+    load_checked(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
+                 str(file))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        scheduler.load_state_dict(meta["scheduler"])
+        history = list(meta["history"])
+    except (KeyError, ValueError, TypeError) as error:
+        raise FormatError(f"{file}: training state does not fit this run ({error})") from error
+    write_reports(out, history)
+    model.save_pretrained(out)
+    return history
