@@ -101,7 +101,8 @@ def test_pipeline_outputs_take_the_form_of_its_inputs(trained_store, tiny_digits
     assert list(state) == list(dropout.state_dict())
     _assert_equal(state, new[1].state_dict())
     # The decoded weights are the de-standardized decoded tokens.
-    tokens = pipe.model.decode_sequence(pipe.latents([dropout]), pipe.positions)[0]
+    positions = trained_store.tokenizer.manifest.positions()
+    tokens = pipe.model.decode_sequence(pipe.latents([dropout])[0][None], positions)[0]
     decoded = trained_store.tokenizer.decode(tokens)
     assert all(torch.equal(a, b) for a, b in zip(decoded.values(), state.values()))
     with pytest.raises(ConfigError, match="non-empty list of models"):

@@ -10,7 +10,8 @@ or sample models of its architecture, with no zoo or token store present.
 
 Models are ``nn.Module`` s or state dicts (under their own key names: a model whose dropout
 modules shift its keys is renamed position by position) of an architecture whose parameters
-fit the run's tokenizer; anything else is refused with an error naming the first mismatch.
+fit the run's tokenizer (one of them, for a run on a mixed zoo); anything else is refused
+with an error naming the first mismatch.
 Each model is aligned to the zoo's reference (aligned runs), standardized and tokenized
 (:class:`~sane.weights.tokenizer.Tokenizer`), then encoded whole through haloed windows.
 Outputs take the form of the input: modules in, new modules out (copies of the first input,
@@ -34,6 +35,7 @@ from torch import nn
 from sane.downstream.sampling import kde_sample, latent_spread
 from sane.errors import ConfigError, FormatError
 from sane.model import SANE
+from sane.train.run_dir import run_tokenizers
 from sane.weights.tokenizer import Tokenizer
 from sane.zoo.layout import rename_positionally
 
@@ -41,61 +43,82 @@ Model = nn.Module | Mapping[str, torch.Tensor]
 
 
 class Pipeline:
-    """``model`` a pretrained SANE, ``tokenizer`` the tokenizer of its token store."""
+    """``model`` a pretrained SANE and ``tokenizers`` those of its token store: one, or one
+    per layout of a mixed zoo's store (each model is tokenized by the first that fits it)."""
 
-    def __init__(self, model: SANE, tokenizer: Tokenizer) -> None:
-        if model.config.token_size != tokenizer.manifest.token_size:
-            raise FormatError(f"the SANE takes tokens of {model.config.token_size} values, the "
-                              f"tokenizer makes {tokenizer.manifest.token_size}")
+    def __init__(self, model: SANE, tokenizers: Tokenizer | Sequence[Tokenizer]) -> None:
+        tokenizers = [tokenizers] if isinstance(tokenizers, Tokenizer) else list(tokenizers)
+        if not tokenizers:
+            raise FormatError("a pipeline needs at least one tokenizer")
+        for tokenizer in tokenizers:
+            if model.config.token_size != tokenizer.manifest.token_size:
+                raise FormatError(f"the SANE takes tokens of {model.config.token_size} values, "
+                                  f"a tokenizer makes {tokenizer.manifest.token_size}")
         self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.positions = tokenizer.manifest.positions()
+        self.tokenizers = tokenizers
 
     @classmethod
     def from_pretrained(cls, run: str | Path, *, device: str | torch.device = "cpu"
                         ) -> Pipeline:
-        """The SANE and tokenizer saved in the run directory ``run`` (``sane pretrain``)."""
-        return cls(SANE.from_pretrained(run, device=device), Tokenizer.from_pretrained(run))
+        """The SANE and tokenizer(s) saved in the run directory ``run`` (``sane pretrain``;
+        a run on a mixed zoo's store keeps one tokenizer per layout in ``layouts/<k>``)."""
+        return cls(SANE.from_pretrained(run, device=device), run_tokenizers(run))
 
-    def tokens(self, models: Sequence[Model]) -> torch.Tensor:
-        """Standardized (and aligned) tokens ``[B, N, d_t]`` of ``models``; errors name the
-        model by its index."""
-        if isinstance(models, (nn.Module, Mapping)) or not len(models):
-            raise ConfigError("give a non-empty list of models (modules or state dicts)")
-        encoded = []
-        for i, m in enumerate(models):
+    def tokenizer(self, model: Model) -> Tokenizer:
+        """The tokenizer that fits ``model`` (FormatError naming the first mismatch with the
+        first tokenizer when none does)."""
+        state = _state(model)
+        errors = []
+        for tokenizer in self.tokenizers:
             try:
-                encoded.append(self.tokenizer.encode(_state(m)))
+                tokenizer.canonical(state)
+                return tokenizer
             except FormatError as error:
-                raise FormatError(f"model {i}: {error}") from error
-        return torch.stack(encoded)
+                errors.append(error)
+        raise errors[0]
 
     @torch.no_grad()
-    def latents(self, models: Sequence[Model]) -> torch.Tensor:
-        """Per-token latents ``[B, N, d_z]`` of whole ``models`` (haloed)."""
+    def latents(self, models: Sequence[Model]) -> list[torch.Tensor]:
+        """Per-token latents ``[N_i, d_z]`` of each of ``models``, encoded whole (haloed);
+        errors name the model by its index."""
+        if isinstance(models, (nn.Module, Mapping)) or not len(models):
+            raise ConfigError("give a non-empty list of models (modules or state dicts)")
         device = next(self.model.parameters()).device
-        return self.model.encode_sequence(self.tokens(models).to(device),
-                                          self.positions).cpu().float()
+        out = []
+        for i, m in enumerate(models):
+            try:
+                tokenizer = self.tokenizer(m)
+                tokens = tokenizer.encode(_state(m))
+            except FormatError as error:
+                raise FormatError(f"model {i}: {error}") from error
+            positions = tokenizer.manifest.positions()
+            out.append(self.model.encode_sequence(tokens[None].to(device),
+                                                  positions)[0].cpu().float())
+        return out
 
     def embed(self, models: Sequence[Model]) -> np.ndarray:
         """One vector per model, ``[B, d_z]`` float64: the mean of its token latents."""
-        return self.latents(models).mean(dim=1).double().numpy()
+        return torch.stack([z.mean(dim=0) for z in self.latents(models)]).double().numpy()
 
     def reconstruct(self, model: Model) -> Model:
         """``model`` encoded and decoded whole: a new model of the same form."""
-        return self._decoded(self.latents([model]), model)[0]
+        return self._decoded(self.latents([model])[0][None], model)[0]
 
     def sample(self, prompts: Sequence[Model], count: int, *, bandwidth: float = 0.1,
                relative: bool = True, seed: int = 0) -> list[Model]:
-        """``count`` new models drawn around ``prompts`` (:func:`kde_sample`): each is one
-        prompt's latent sequence plus Gaussian noise of standard deviation ``bandwidth``
-        times the prompts' latent spread (``relative``) or ``bandwidth`` itself; decoded
-        whole. The same ``seed`` gives the same models. Unscored and unselected: the ``sane
-        sample`` command adds batch-norm conditioning, scoring and selection."""
+        """``count`` new models drawn around ``prompts`` (of one architecture;
+        :func:`kde_sample`): each is one prompt's latent sequence plus Gaussian noise of
+        standard deviation ``bandwidth`` times the prompts' latent spread (``relative``) or
+        ``bandwidth`` itself; decoded whole. The same ``seed`` gives the same models.
+        Unscored and unselected: the ``sane sample`` command adds batch-norm conditioning,
+        scoring and selection."""
         if count < 1 or bandwidth < 0:
             raise ConfigError(f"sampling needs count >= 1 and bandwidth >= 0, got {count} "
                               f"and {bandwidth}")
-        bank = self.latents(prompts)
+        latents = self.latents(prompts)
+        if len({z.shape for z in latents}) != 1:
+            raise ConfigError("sample around prompts of one architecture at a time")
+        bank = torch.stack(latents)
         noise_std = bandwidth * (latent_spread(bank) if relative else 1.0)
         generator = torch.Generator().manual_seed(seed)
         return self._decoded(kde_sample(bank, count, noise_std, generator), prompts[0])
@@ -104,12 +127,14 @@ class Pipeline:
     def _decoded(self, latents: torch.Tensor, like: Model) -> list[Model]:
         """Models decoded from ``latents [B, N, d_z]``, in the form of ``like``."""
         device = next(self.model.parameters()).device
-        tokens = self.model.decode_sequence(latents.to(device), self.positions).cpu().float()
+        tokenizer = self.tokenizer(like)
+        positions = tokenizer.manifest.positions()
+        tokens = self.model.decode_sequence(latents.to(device), positions).cpu().float()
         own = _state(like)
         layout = [(k, tuple(t.shape)) for k, t in own.items()]
         out: list[Model] = []
         for t in tokens:
-            state = rename_positionally(self.tokenizer.decode(t), layout)
+            state = rename_positionally(tokenizer.decode(t), layout)
             if isinstance(like, nn.Module):
                 net = copy.deepcopy(like)
                 net.load_state_dict(state)

@@ -13,7 +13,12 @@ result object that the report is written from):
    bootstrapping, and bootstrapping from a Gaussian prior, zero-shot and (when
    ``finetune_epochs`` > 0) fine-tuned, against training from scratch and fine-tuned prompts,
    with memorization controls (``OUT/samples-*``, ``OUT/generation.png``);
-6. the layer analysis against WeightWatcher-style metrics (SANE §4, ``OUT/analysis``), when
+6. transfer to new architectures (SANE Tables 15-17 at CNN scale), when the scale names
+   target architectures: for each, a few models trained briefly on the zoo's task are the
+   prompts (``OUT/transfer-ARCH/zoo``); models sampled around them (SUB), the prompts and as
+   many random initializations are fine-tuned the same way (``OUT/transfer-ARCH/samples``,
+   ``OUT/transfer.png``);
+7. the layer analysis against WeightWatcher-style metrics (SANE §4, ``OUT/analysis``), when
    the scale asks for it.
 
 ``OUT/report.md`` collects every table and links the figures; ``OUT/reproduce.json`` holds the
@@ -46,7 +51,9 @@ class Scale:
     last) selects the checkpoints SANE is pretrained on (None: all); prompts come from each
     model's last stored epoch; ``protocols`` are the sampling protocols run (of
     :data:`PROTOCOLS`); ``finetune_epochs`` of fine-tuning follow sampling (0: none);
-    ``analysis`` runs the layer analysis."""
+    ``transfer`` names target architectures for the transfer stage, each prompted by
+    ``transfer_prompts`` models trained for ``transfer_epochs`` epochs; ``analysis`` runs the
+    layer analysis."""
 
     zoo_preset: str
     models: int
@@ -64,6 +71,9 @@ class Scale:
     store_epochs: tuple[int, int] | None = None
     finetune_epochs: int = 5
     protocols: tuple[str, ...] = ("KDE30", "SUB", "BOOT", "GAUSS")
+    transfer: tuple[str, ...] = ()
+    transfer_prompts: int = 3
+    transfer_epochs: int = 2
     analysis: bool = True
 
     def __post_init__(self) -> None:
@@ -74,6 +84,10 @@ class Scale:
         if self.finetune_epochs and "SUB" not in self.protocols:
             raise ConfigError("fine-tuning compares against the SUB protocol's prompts: "
                               "include SUB or set finetune_epochs = 0")
+        if self.transfer and (self.finetune_epochs < 1 or self.transfer_prompts < 1
+                              or self.transfer_epochs < 1):
+            raise ConfigError("the transfer stage fine-tunes: it needs finetune_epochs, "
+                              "transfer_prompts and transfer_epochs of at least 1")
 
 
 PROTOCOLS = ("KDE30", "SUB", "BOOT", "GAUSS")
@@ -84,14 +98,16 @@ SCALES = {
                   protocols=("SUB",), analysis=False),
     "quick": Scale("digits-cnn-s-hyp", models=40, epochs=10, train_size=None, max_abs=100.0,
                    pretrain_preset="cpu", pretrain_epochs=30, batch_size=16, prompts=5,
-                   samples=20, keep=5, rounds=3, prior_std=1.0),
+                   samples=20, keep=5, rounds=3, prior_std=1.0,
+                   transfer=("cnn_s_wide", "cnn_s_deep")),
     "fmnist": Scale("fmnist-cnn-s-hyp", models=100, epochs=10, train_size=10_000,
                     max_abs=100.0, pretrain_preset="small", pretrain_epochs=50, batch_size=32,
                     prompts=10, samples=50, keep=10, rounds=3, prior_std=1.0),
     "fmnist-seed": Scale("fmnist-cnn-s-seed-fast", models=100, epochs=10, train_size=10_000,
                          max_abs=100.0, pretrain_preset="cpu", pretrain_epochs=100,
                          batch_size=32, prompts=10, samples=50, keep=10, rounds=3,
-                         prior_std=1.0, store_epochs=(1, 5)),
+                         prior_std=1.0, store_epochs=(1, 5),
+                         transfer=("cnn_s_wide", "cnn_s_deep")),
 }
 
 
@@ -112,7 +128,7 @@ def run_reproduction(out: str | Path, scale: Scale, *, progress: bool = True) ->
         raise ConfigError(f"{out} holds a reproduction at another scale (see {settings}); "
                           "choose another --out or remove it")
     atomic.write_json(settings, resolved)
-    stages = 5 + scale.analysis
+    stages = 5 + bool(scale.transfer) + scale.analysis
     print(f"1/{stages} training {scale.models} models ({scale.zoo_preset}, {scale.epochs} "
           "epochs)")
     config = load_config(scale.zoo_preset, models=scale.models, epochs=scale.epochs,
@@ -135,9 +151,12 @@ def run_reproduction(out: str | Path, scale: Scale, *, progress: bool = True) ->
     print(f"5/{stages} sampling models" + (" and fine-tuning them (SANE Table 3)"
                                            if scale.finetune_epochs else ""))
     generation = sample_and_finetune(out, store, scale)
+    if scale.transfer:
+        print(f"6/{stages} sampling for new architectures: {', '.join(scale.transfer)}")
+        generation += transfer_to_new_architectures(out, scale, progress=progress)
     analysis = None
     if scale.analysis:
-        print(f"6/{stages} layer analysis")
+        print(f"{stages}/{stages} layer analysis")
         analysis = analyze(out / "sane", out / "analysis", progress=progress)
     report = write_report(out, scale, zoo, store, pretrained, probes, generation, analysis)
     print(f"report: {report}")
@@ -252,6 +271,48 @@ def sample_and_finetune(out: Path, store: Any, scale: Scale) -> str:
                         "kept / prompts", "distance to nearest prompt", "prompts apart",
                         "agreement", "noised prompts", "prompt averages"], rows), "",
     ])
+
+
+def transfer_to_new_architectures(out: Path, scale: Scale, *, progress: bool = True) -> str:
+    """SANE Tables 15-17 at CNN scale: for each architecture of ``scale.transfer``,
+    ``transfer_prompts`` models of it trained ``transfer_epochs`` epochs on the zoo's task
+    prompt the SANE pretrained on the zoo (SUB: the ``keep`` best of ``samples`` draws); the
+    sampled models, the prompts and as many random initializations are fine-tuned the same
+    way for ``finetune_epochs``. Returns the report's Markdown section."""
+    from sane.downstream.sampling import SamplingConfig
+    from sane.stages.finetune import accuracy_table, finetune_samples, plot_accuracy_curves
+    from sane.stages.sample import sample_from_run
+    from sane.zoo import load_config, train_population
+
+    lines = ["## Transfer to new architectures (SANE Tables 15-17): validation accuracy", "",
+             f"For each target architecture, {scale.transfer_prompts} models trained for "
+             f"{scale.transfer_epochs} epochs on the zoo's task are the prompts; the SANE "
+             "pretrained on the zoo sees their tokens at positions mapped into its own layout "
+             f"(relative to each layer) and keeps the {scale.keep} best of {scale.samples} "
+             f"draws (SUB). Sampled models, the prompts and {scale.keep} random "
+             f"initializations are fine-tuned the same way for {scale.finetune_epochs} epochs "
+             "(Adam 1e-3, batch 32). Mean ± std:", ""]
+    curves = {}
+    for name in scale.transfer:
+        folder = out / f"transfer-{name}"
+        config = load_config(scale.zoo_preset, models=scale.transfer_prompts,
+                             epochs=scale.transfer_epochs, train_size=scale.train_size)
+        config = dataclasses.replace(
+            config, architecture=dataclasses.replace(config.architecture, name=name))
+        zoo = train_population(config, folder / "zoo", progress=progress)
+        result = sample_from_run(out / "sane", folder / "samples",
+                                 prompts=scale.transfer_prompts, prompts_from=zoo.path,
+                                 config=SamplingConfig(samples=scale.samples, keep=scale.keep))
+        tuned = finetune_samples(folder / "samples", epochs=scale.finetune_epochs).accuracy
+        groups = {"random init": tuned["random init"], "prompts": tuned["prompts"],
+                  "SANE sampled": tuned["sampled"]}
+        curves |= {f"{name}: {group}": runs for group, runs in groups.items()}
+        lines += [f"### {name}", "",
+                  f"Prompts score {result.prompt_mean:.3f} before fine-tuning; the kept samples "
+                  f"{result.kept_mean:.3f} (all draws {result.draws_mean:.3f}).", "",
+                  accuracy_table(groups, sorted({0, 1, scale.finetune_epochs})), ""]
+    plot_accuracy_curves(curves, out / "transfer.png")
+    return "\n".join([*lines, "![transfer](transfer.png)", ""])
 
 
 def _memorization_row(name: str, result: Any) -> list[str]:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sane.errors import ConfigError
 from sane.settings import given
+
+if TYPE_CHECKING:  # the command imports torch only when it runs
+    from sane.weights.store import StoreSettings, TokenStore
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,16 +53,25 @@ def parse_epochs(text: str | None) -> tuple[int, ...] | None:
 
 
 def _prepare(args: argparse.Namespace) -> None:
-    from sane.weights.store import StoreSettings, prepare_store
+    from sane.weights.store import StoreSet, StoreSettings, prepare_store
 
     settings = StoreSettings(**given(token_size=args.token_size, align=args.align,
                                      include_batchnorm=args.include_batchnorm,
                                      epochs=parse_epochs(args.epochs), seed=args.seed,
                                      max_abs=args.max_abs))
     store = prepare_store(args.zoo, args.out, settings)
+    if isinstance(store, StoreSet):
+        print(f"token store of a mixed zoo {store.path}: {len(store.layouts)} layouts")
+        for k, layout in enumerate(store.layouts):
+            _describe(layout, settings, f"layouts/{k} ({layout.architectures[0].name}): ")
+    else:
+        _describe(store, settings, "")
+
+
+def _describe(store: TokenStore, settings: StoreSettings, label: str) -> None:
     m = store.manifest
-    print(f"token store {store.path}: {len(store.rows)} checkpoints × {m.num_tokens} tokens × "
-          f"{m.token_size} values ({store.tokens.nbytes / 2**20:.1f} MiB)")
+    print(f"{label}token store {store.path}: {len(store.rows)} checkpoints × {m.num_tokens} "
+          f"tokens × {m.token_size} values ({store.tokens.nbytes / 2**20:.1f} MiB)")
     for split in ("train", "val", "test"):
         print(f"  {split}: {len(store.split_rows(split))} checkpoints")
     if store.meta["skipped_non_finite"]:

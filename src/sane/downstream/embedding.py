@@ -54,7 +54,7 @@ def embed_checkpoints(run: str | Path, paths: Sequence[str | Path]) -> np.ndarra
     for path in paths:
         state = read_checkpoint(path)
         try:
-            pipe.tokenizer.canonical(state)
+            pipe.tokenizer(state)
         except FormatError as error:
             raise FormatError(f"{path}: {error}") from error
         states.append(state)

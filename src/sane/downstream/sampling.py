@@ -63,11 +63,14 @@ class Target:
     """What sampled models are for: ``build()`` a fresh model of the target architecture
     (sampled state dicts are loaded into it by :func:`load_state`),
     ``score(model) -> float`` (higher is better, e.g. validation accuracy), ``images`` for
-    batch-norm conditioning."""
+    batch-norm conditioning; ``fresh`` the places (in state-dict order) of entries taken from
+    the freshly built model rather than decoded: a classifier for another number of classes
+    than SANE was pretrained on is re-initialized."""
 
     build: Callable[[], nn.Module]
     score: Callable[[nn.Module], float]
     images: torch.Tensor
+    fresh: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,12 @@ def score_state(state: dict[str, torch.Tensor], target: Target, bn_batches: int,
     """``target.score`` of the model holding ``state``, its batch norm conditioned first on
     ``bn_batches`` batches of ``target.images`` (the conditioned statistics are written back
     into ``state``: they belong to the model)."""
-    net = load_state(target.build(), state)
+    net = target.build()
+    if target.fresh:
+        keys, own = list(state), list(net.state_dict().values())
+        for i in target.fresh:
+            state[keys[i]] = own[i].detach().clone()
+    net = load_state(net, state)
     if has_batchnorm(net):
         condition_batchnorm(net, target.images, batches=bn_batches, generator=generator)
         state.update(dict(zip(list(state), net.state_dict().values())))

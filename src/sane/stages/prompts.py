@@ -6,11 +6,14 @@ Prompts come from one of two places:
   training-split models (in id order, or the most accurate) at one stored epoch, in the
   store's tokens; scored on the zoo's task or a new one of the same input and classes;
 - **a zoo of a target architecture** (:func:`zoo_prompts`), e.g. 1-5 models of a wider or
-  deeper network trained for 1-5 epochs, as ``sane zoo train`` writes them: a tokenizer
+  deeper network trained for 1-5 epochs, as ``sane zoo train`` writes them (for a run on a
+  mixed zoo, positions are mapped into its first layout): a tokenizer
   with the SANE's token size is fitted on them (aligned to one of them by weight matching
   when the architecture has a permutation spec, standardized over all of them), and their
   tokens are given positions within the pretrained layout
-  (:func:`sane.weights.positions.relative_positions`); scored on that zoo's task.
+  (:func:`sane.weights.positions.relative_positions`); scored on that zoo's task. A
+  classifier with another number of classes than the pretraining zoo's is re-initialized in
+  every sampled model (the prompts keep theirs).
 
 :func:`request_prompts` rebuilds either from a request recorded in ``samples.json``.
 """
@@ -26,7 +29,7 @@ from torch import nn
 
 from sane.data import Dataset, load_dataset
 from sane.errors import ConfigError, FormatError
-from sane.train.run_dir import run_store
+from sane.train.run_dir import run_store, run_tokenizers
 from sane.weights.permutations import permutation_spec
 from sane.weights.positions import relative_positions
 from sane.weights.store import TokenStore
@@ -43,7 +46,9 @@ class Prompts:
     """``E`` prompt models: ``ids`` (model, epoch), ``arch_index`` into ``architectures``,
     standardized ``tokens [E, N, d_t]`` and ``states`` (canonical keys, aligned); their
     ``tokenizer`` (decodes samples of their layout), the ``positions [N, 3]`` SANE sees
-    their tokens at, and the ``data`` of their task."""
+    their tokens at, and the ``data`` of their task; ``fresh`` the places (in state-dict
+    order) of a classifier that sampled models get freshly initialized, because it has
+    another number of classes than the pretraining zoo's."""
 
     ids: list[tuple[str, int]]
     arch_index: list[int]
@@ -53,6 +58,7 @@ class Prompts:
     tokenizer: Tokenizer
     positions: torch.Tensor
     data: Dataset
+    fresh: tuple[int, ...] = ()
 
     def groups(self) -> dict[int, list[int]]:
         """Architecture index → the prompts of that architecture (sampled on their own)."""
@@ -113,15 +119,18 @@ def zoo_prompts(zoo_path: str | Path, source: Tokenizer, count: int,
         tokenize_into(fit.tokenizer.standardization.apply(state), manifest, tokens[i])
     architectures = sorted({zoo.model(m).architecture for m, _ in ids},
                            key=lambda a: repr(a.to_dict()))
+    head = manifest.layers[-1]
+    fresh = () if head.rows == source.manifest.layers[-1].rows else tuple(
+        manifest.keys.index(k) for k in head.keys())
     return Prompts(ids, [architectures.index(zoo.model(m).architecture) for m, _ in ids],
                    architectures, tokens, states, fit.tokenizer,
-                   relative_positions(source.manifest, manifest), zoo_data(zoo))
+                   relative_positions(source.manifest, manifest), zoo_data(zoo), fresh)
 
 
 def request_prompts(request: dict[str, Any]) -> Prompts:
     """The prompts of a sampling request as ``samples.json`` records it."""
     if request.get("prompts_from") is not None:
-        return zoo_prompts(request["prompts_from"], Tokenizer.from_pretrained(request["run"]),
+        return zoo_prompts(request["prompts_from"], run_tokenizers(request["run"])[0],
                            request["prompts"], request["prompt_epoch"],
                            best=request["best_prompts"])
     return store_prompts(run_store(request["run"], request["store"]), request["prompts"],

@@ -135,12 +135,12 @@ def sample_from_run(
     if prompts_from is not None and (store is not None or dataset is not None):
         raise ConfigError("prompts from a zoo of the target architecture are scored on that "
                           "zoo's task: give --prompts-from without --store or --dataset")
-    request = {"run": str(Path(run).resolve()), "store": None, "prompts_from": None,
+    request = {"run": str(Path(run).resolve()), "store": None,
                "prompts": prompts, "prompt_epoch": prompt_epoch, "best_prompts": best_prompts,
                "config": dataclasses.asdict(config), "dataset": dataset, "root": root}
     if prompts_from is None:
         request["store"] = str(run_store(run, store).path.resolve())
-    else:
+    else:  # recorded only when given: requests of earlier versions stay the same
         request["prompts_from"] = str(Path(prompts_from).resolve())
     if (out / "samples.json").is_file():
         done = SampleResult.load(out)
@@ -158,7 +158,7 @@ def sample_from_run(
         target = zoo_target(arch, chosen.data)
         prompt_tokens = None if config.prior_std is not None else chosen.tokens[group]
         samples = sample_models(model, prompt_tokens, chosen.positions, chosen.tokenizer,
-                                target, config)
+                                dataclasses.replace(target, fresh=chosen.fresh), config)
         generator = torch.Generator().manual_seed(config.seed)
         prompt_states = [chosen.states[i] for i in group]
         prompt_scores = [score_state(state, target, config.bn_batches, generator)

@@ -12,7 +12,7 @@ from typing import Any
 from sane.errors import ConfigError
 from sane.model.sane import PRESETS, SANEConfig
 from sane.settings import from_table, given, read_toml, require
-from sane.weights.store import TokenStore
+from sane.weights.store import StoreSet, TokenStore
 
 
 @dataclass(frozen=True)
@@ -85,22 +85,23 @@ def load_pretrain_config(source: str | Path | None = None, **overrides: Any) -> 
     return from_table(PretrainConfig, {**table, **given(**overrides)}, where)
 
 
-def model_config(config: PretrainConfig, store: TokenStore) -> SANEConfig:
+def model_config(config: PretrainConfig, store: TokenStore | StoreSet) -> SANEConfig:
     """The preset's shape with ``config.model``'s overrides; token size and position ranges
-    from ``store`` unless overridden."""
-    positions = store.positions
-    d = {"token_size": store.manifest.token_size,
-         "max_positions": [int(positions[:, i].max()) + 1 for i in range(3)],
+    from ``store`` (every layout of a store set) unless overridden."""
+    stores = store.layouts
+    token_size = stores[0].manifest.token_size
+    needed = [max(int(s.positions[:, i].max()) + 1 for s in stores) for i in range(3)]
+    d = {"token_size": token_size, "max_positions": needed,
          **PRESETS[config.preset], **config.model}
     model = SANEConfig.from_dict(d, f"pretrain [model] (preset {config.preset!r})")
-    if model.token_size != store.manifest.token_size:
+    if model.token_size != token_size:
         raise ConfigError(f"model token_size {model.token_size} differs from the store's "
-                          f"{store.manifest.token_size}")
-    needed = [int(positions[:, i].max()) + 1 for i in range(3)]
+                          f"{token_size}")
     if any(m < n for m, n in zip(model.max_positions, needed)):
         raise ConfigError(f"model max_positions {list(model.max_positions)} do not cover the "
                           f"store's positions (needs at least {needed})")
-    if model.window_size > store.manifest.num_tokens:
-        raise ConfigError(f"model window_size {model.window_size} exceeds the "
-                          f"{store.manifest.num_tokens} tokens per model of {store.path}")
+    shortest = min(s.manifest.num_tokens for s in stores)
+    if model.window_size > shortest:
+        raise ConfigError(f"model window_size {model.window_size} exceeds the {shortest} "
+                          f"tokens per model of {store.path}")
     return model

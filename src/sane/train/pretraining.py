@@ -36,7 +36,7 @@ from sane.train.config import PretrainConfig, model_config
 from sane.train.fidelity import reconstruction_report
 from sane.train.run_dir import claim, resume, run_record, save_epoch
 from sane.train.windows import WindowBatch, WindowConfig, WindowSampler
-from sane.weights.store import TokenStore
+from sane.weights.store import StoreSet, TokenStore, open_store
 
 
 @dataclass(frozen=True)
@@ -63,19 +63,21 @@ def pretrain(
     store_path: str | Path, out: str | Path, config: PretrainConfig | None = None,
     *, progress: bool = True,
 ) -> PretrainResult:
-    """Pretrain SANE on the token store at ``store_path`` into the run directory ``out``.
+    """Pretrain SANE on the token store at ``store_path`` (or the store set of a mixed zoo:
+    windows are drawn across its layouts) into the run directory ``out``.
 
     Resumes from ``out`` when it holds an unfinished run with the same store and config; a
     finished one is returned as is; another config raises :class:`ConfigError`.
     """
-    store, out = TokenStore.open(store_path), Path(out)
+    store, out = open_store(store_path), Path(out)
+    stores = store.layouts
     config = PretrainConfig() if config is None else config
     shape = model_config(config, store)
     device = _device(config.device)
     if config.precision == "auto":
         config = dataclasses.replace(config, precision="bf16" if bf16_hardware(device)
                                      else "fp32")
-    if config.permute and store.spec is None:
+    if config.permute and any(s.spec is None for s in stores):
         raise ConfigError(f"{store.path}: the architecture has no permutation spec, so the "
                           "second view cannot be permuted; set `permute = false` in the "
                           "pretraining config")
@@ -83,7 +85,7 @@ def pretrain(
         window_size=shape.window_size, batch_size=config.batch_size, views=2,
         permute=config.permute, canonical_first=True, multiplicative_noise=config.noise,
         windows_per_checkpoint=config.windows_per_checkpoint
-        or math.ceil(store.manifest.num_tokens / shape.window_size),
+        or math.ceil(max(s.manifest.num_tokens for s in stores) / shape.window_size),
     )
     train = WindowSampler(store, "train", windows, seed=config.seed)
     if len(train) == 0:
@@ -92,7 +94,8 @@ def pretrain(
                           f"{config.batch_size}; lower batch_size")
     val = _validation_sampler(store, windows, config.seed)
     claim(out, run_record(out, store, config.to_dict(), shape.to_dict()))
-    store.tokenizer.save_pretrained(out)  # the run embeds new models without its store
+    for k, s in enumerate(stores):  # the run embeds new models without its store
+        s.tokenizer.save_pretrained(out if len(stores) == 1 else out / "layouts" / str(k))
 
     model = SANE(shape, seed=config.seed).to(device)
     optimizer = _optimizer(model, config)
@@ -115,7 +118,7 @@ def pretrain(
         if val is not None:
             record |= _evaluate(model, val, config, device)
         record["seconds"] = time.perf_counter() - start
-        record |= _whole_models(model, store, config, final=epoch == config.epochs)
+        record |= _whole_models(model, stores, config, final=epoch == config.epochs)
         history.append(record)
         save_epoch(out, model, optimizer, scheduler, history)
     bar.close()
@@ -144,11 +147,12 @@ def bf16_hardware(device: torch.device) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _validation_sampler(store: TokenStore, windows: WindowConfig, seed: int
+def _validation_sampler(store: TokenStore | StoreSet, windows: WindowConfig, seed: int
                         ) -> WindowSampler | None:
     """Fixed validation windows (epoch 0 of a seeded sampler, so every epoch sees the same),
     or None when the validation split has fewer than two checkpoints."""
-    rows = len(store.split_rows("val"))
+    stores = store.layouts
+    rows = sum(len(s.split_rows("val")) for s in stores)
     if rows < 2:
         return None
     config = dataclasses.replace(windows, batch_size=min(windows.batch_size, rows),
@@ -212,15 +216,23 @@ def _evaluate(model: SANE, sampler: WindowSampler, config: PretrainConfig,
     return _means(sums, "val")
 
 
-def _whole_models(model: SANE, store: TokenStore, config: PretrainConfig, *, final: bool
-                  ) -> dict[str, Any]:
+def _whole_models(model: SANE, stores: list[TokenStore], config: PretrainConfig, *,
+                  final: bool) -> dict[str, Any]:
     """Whole-model R² of up to ``fidelity_models`` training and validation models; after the
-    last epoch the full reconstruction-by-function report, with accuracy (``fidelity``)."""
-    report = reconstruction_report(model, store, limit=config.fidelity_models,
-                                   with_accuracy=final)
-    record: dict[str, Any] = {f"{split}_model_r2": report[split]["r2"]
-                              for split in ("train", "val") if split in report}
-    return record | ({"fidelity": report} if final else {})
+    last epoch the full reconstruction-by-function report, with accuracy (``fidelity``). A
+    store set gets one report per layout (``fidelity["layouts"]``, each naming its
+    architecture) and the mean R² over its layouts per epoch."""
+    reports = [reconstruction_report(model, s, limit=config.fidelity_models,
+                                     with_accuracy=final) for s in stores]
+    record: dict[str, Any] = {
+        f"{split}_model_r2": sum(r[split]["r2"] for r in reports) / len(reports)
+        for split in ("train", "val") if all(split in r for r in reports)}
+    if not final:
+        return record
+    if len(reports) == 1:
+        return record | {"fidelity": reports[0]}
+    return record | {"fidelity": {"layouts": [
+        {"architecture": s.architectures[0].name, **r} for s, r in zip(stores, reports)]}}
 
 
 def _accumulate(sums: dict[str, float], losses: dict[str, torch.Tensor]) -> None:

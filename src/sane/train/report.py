@@ -21,9 +21,14 @@ def write_reports(out: Path, history: list[dict[str, Any]]) -> None:
              "whole decoded models (haloed, noise-free).", "",
              markdown.table(keys, [[r.get(k) for k in keys] for r in history], text_columns=0)]
     if "fidelity" in history[-1]:
+        fidelity = history[-1]["fidelity"]
         lines += ["", "## Reconstruction by function (after the last epoch)", "",
-                  "Each model's last stored epoch, encoded and decoded whole.", "",
-                  fidelity_markdown(history[-1]["fidelity"])]
+                  "Each model's last stored epoch, encoded and decoded whole.", ""]
+        if "layouts" in fidelity:  # a store set: one report per layout
+            for layout in fidelity["layouts"]:
+                lines += [f"### {layout['architecture']}", "", fidelity_markdown(layout), ""]
+        else:
+            lines.append(fidelity_markdown(fidelity))
     atomic.write_text(out / "report.md", "\n".join(lines) + "\n")
     _plot(out / "loss.png", history)
 

@@ -11,7 +11,8 @@ after every epoch, resumed from the last finished epoch, and self-contained.
                             optimizer hyperparameters, schedule and history (one file, written
                             atomically, so a crash leaves the last finished epoch)
       sane.json, model.safetensors   the model after the last finished epoch
-      tokenizer.json/.safetensors   the store's tokenizer with the alignment reference
+      tokenizer.json/.safetensors   the store's tokenizer with the alignment reference (a
+                            store set's: one per layout, in layouts/<k>/)
       history.json, report.md, loss.png   :mod:`sane.train.report`
 
 A run directory can be moved or copied: :class:`sane.pipeline.Pipeline` loads it with no store
@@ -35,6 +36,7 @@ from sane.model.sane import SANE, load_checked
 from sane.train.report import write_reports
 from sane.weights.store import MANIFEST as STORE_MANIFEST
 from sane.weights.store import TokenStore
+from sane.weights.tokenizer import Tokenizer
 
 FORMAT = "sane-pretrain-run"
 VERSION = 2  # 2: store and zoo relative to the run, the store's fingerprint
@@ -87,6 +89,17 @@ def run_store(run: str | Path, store: str | Path | None = None) -> TokenStore:
             raise FormatError(f"{run}: its token store is not at {store} (the run or the store "
                               "moved?); give it with --store")
     return TokenStore.open(store)
+
+
+def run_tokenizers(run: str | Path) -> list[Tokenizer]:
+    """The tokenizer(s) saved in the run directory ``run``: its store's, or one per layout
+    (``RUN/layouts/<k>``) for a run on a mixed zoo's store set."""
+    run = Path(run)
+    if (run / "layouts").is_dir():
+        folders = sorted((d for d in (run / "layouts").iterdir() if d.is_dir()),
+                         key=lambda d: int(d.name))
+        return [Tokenizer.from_pretrained(d) for d in folders]
+    return [Tokenizer.from_pretrained(run)]
 
 
 def _relative(path: Path, start: Path) -> str:

@@ -16,6 +16,12 @@
       properties.npy        float64 [M, P]: per checkpoint metrics (NaN where unknown)
       alignment.json/.safetensors   with ``align``: the reference and one permutation per model
 
+A zoo of several parameter layouts (a *mixed* zoo: CNN-s beside a wider CNN-s) becomes a
+:class:`StoreSet`: one complete store per layout under ``STORE/layouts/<k>`` (each aligned
+within its architecture and standardized on its own training split), all with the same
+token size (the largest any layout needs, unless ``token_size`` is set), and a
+``store.json`` listing them. Pretraining draws windows across all of them.
+
 Each checkpoint is stored exactly once. Windows, permutations and noise are produced on the fly
 (:mod:`sane.weights.augment`, :mod:`sane.train.windows`) by index arithmetic.
 
@@ -28,6 +34,7 @@ a complete store.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -45,12 +52,14 @@ from sane.settings import from_table, require
 from sane.weights.align import MANIFEST as ALIGNMENT_MANIFEST
 from sane.weights.align import Alignment, align_zoo
 from sane.weights.manifest import TokenManifest
-from sane.weights.tokenize import tokenize_into
+from sane.weights.tokenize import make_manifest, tokenize_into
 from sane.weights.tokenizer import Tokenizer, fit_zoo
 from sane.zoo.architectures import ArchConfig, build_model
-from sane.zoo.layout import as_architecture
+from sane.zoo.layout import as_architecture, layout_groups
 from sane.zoo.storage import Zoo
 
+SET_FORMAT = "sane-token-store-set"
+SET_VERSION = 1
 FORMAT = "sane-token-store"
 VERSION = 3  # 2: every row records its architecture; 3: the tokenizer saved beside the tokens
 MANIFEST = "store.json"
@@ -133,6 +142,9 @@ class TokenStore:
         if not file.is_file():
             raise FormatError(f"{path} is not a token store: {MANIFEST} not found "
                               "(run `sane prepare ZOO --out STORE`)")
+        if atomic.read_json(file).get("format") == SET_FORMAT:
+            raise FormatError(f"{path} holds a store of several layouts (a mixed zoo): open "
+                              "it with open_store, or give one layout, STORE/layouts/K")
         meta = atomic.read_manifest(file, FORMAT, VERSION)
         try:
             return cls(path, meta)
@@ -141,10 +153,12 @@ class TokenStore:
 
     @property
     def settings(self) -> StoreSettings:
-        try:
-            return from_table(StoreSettings, self.meta["settings"], f"{self.path}: settings")
-        except ConfigError as error:
-            raise FormatError(str(error)) from error
+        return _settings(self.path, self.meta)
+
+    @property
+    def layouts(self) -> list[TokenStore]:
+        """The single-layout stores this one is made of: itself (see :class:`StoreSet`)."""
+        return [self]
 
     @property
     def zoo_path(self) -> Path:
@@ -188,20 +202,77 @@ class TokenStore:
         return net
 
 
+class StoreSet:
+    """The token store of a mixed zoo: ``layouts[k]`` a complete :class:`TokenStore` per
+    parameter layout (``STORE/layouts/<k>``), all with one token size; ``settings`` as
+    asked of ``sane prepare``."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.meta = meta
+        self.layouts = [TokenStore.open(path / "layouts" / str(k))
+                        for k in range(int(meta["layouts"]))]
+        if len({s.manifest.token_size for s in self.layouts}) != 1:
+            raise FormatError(f"{path}: its layouts have different token sizes")
+
+    @classmethod
+    def open(cls, path: str | Path) -> StoreSet:
+        path = Path(path)
+        meta = atomic.read_manifest(path / MANIFEST, SET_FORMAT, SET_VERSION)
+        try:
+            return cls(path, meta)
+        except (KeyError, TypeError, ValueError) as error:
+            raise FormatError(f"{path / MANIFEST}: malformed store set ({error!r})") from error
+
+    @property
+    def settings(self) -> StoreSettings:
+        return _settings(self.path, self.meta)
+
+    @property
+    def zoo_path(self) -> Path:
+        return self.path / self.meta["zoo"]
+
+
+def _settings(path: Path, meta: dict[str, Any]) -> StoreSettings:
+    """The settings recorded in a store's manifest (FormatError if malformed)."""
+    try:
+        return from_table(StoreSettings, meta["settings"], f"{path}: settings")
+    except ConfigError as error:
+        raise FormatError(str(error)) from error
+
+
+def open_store(path: str | Path) -> TokenStore | StoreSet:
+    """The token store at ``path``: a :class:`TokenStore`, or a :class:`StoreSet` for a
+    mixed zoo."""
+    file = Path(path) / MANIFEST
+    if file.is_file() and atomic.read_json(file).get("format") == SET_FORMAT:
+        return StoreSet.open(path)
+    return TokenStore.open(path)
+
+
 def prepare_store(
     zoo_path: str | Path,
     out: str | Path,
     settings: StoreSettings = StoreSettings(),
     *,
     progress: bool = True,
-) -> TokenStore:
-    """Tokenize every selected checkpoint of the zoo at ``zoo_path`` into a store at ``out``.
+) -> TokenStore | StoreSet:
+    """Tokenize every selected checkpoint of the zoo at ``zoo_path`` into a store at ``out``
+    (a :class:`StoreSet` when the zoo mixes parameter layouts).
 
     Checkpoints with non-finite weights are left out (and counted in ``store.json``). A
     complete store with the same settings is returned as is; different settings raise
     :class:`ConfigError`.
     """
     zoo, out = Zoo.open(zoo_path), Path(out)
+    groups = layout_groups(zoo)
+    if len(groups) > 1:
+        return _prepare_set(zoo, groups, out, settings, progress)
+    return _prepare(zoo, out, settings, progress)
+
+
+def _prepare(zoo: Zoo, out: Path, settings: StoreSettings, progress: bool) -> TokenStore:
+    """The store of ``zoo`` (models of one parameter layout) at ``out``."""
     if (out / MANIFEST).is_file():
         store = TokenStore.open(out)
         if store.settings != settings:
@@ -236,6 +307,35 @@ def prepare_store(
         "property_names": list(PROPERTIES),
     })
     return TokenStore.open(out)
+
+
+def _prepare_set(zoo: Zoo, groups: list[list[str]], out: Path, settings: StoreSettings,
+                 progress: bool) -> StoreSet:
+    """One store per layout group of ``zoo`` under ``out/layouts``, then ``store.json``."""
+    if (out / MANIFEST).is_file():
+        existing = open_store(out)
+        if not isinstance(existing, StoreSet) or existing.settings != settings:
+            raise ConfigError(f"{out} holds another store; choose another --out or remove it")
+        return existing
+    token_size = settings.token_size or max(
+        _auto_token_size(zoo.model(ids[0]).architecture)
+        for ids in groups)
+    for k, ids in enumerate(groups):
+        _prepare(zoo.subset(ids), out / "layouts" / str(k),
+                 dataclasses.replace(settings, token_size=token_size), progress)
+    atomic.write_json(out / MANIFEST, {
+        "format": SET_FORMAT, "version": SET_VERSION, "layouts": len(groups),
+        "zoo": os.path.relpath(zoo.path.resolve(), out.resolve()),
+        "settings": settings.to_dict(),
+        "architectures": [zoo.model(ids[0]).architecture.to_dict() for ids in groups],
+    })
+    return StoreSet.open(out)
+
+
+def _auto_token_size(arch: ArchConfig) -> int:
+    """The token size ``arch`` needs by default: its longest row (see :func:`make_manifest`)."""
+    model = build_model(arch, seed=0)
+    return make_manifest(model.state_dict(), model=model).token_size
 
 
 def _alignment(zoo: Zoo, out: Path, settings: StoreSettings, progress: bool) -> Alignment:

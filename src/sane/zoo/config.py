@@ -33,7 +33,7 @@ import numpy as np
 
 from sane.errors import ConfigError
 from sane.settings import from_table, read_toml, require
-from sane.zoo.architectures import ArchConfig, check_arch_value
+from sane.zoo.architectures import ARCHITECTURES, ArchConfig, check_arch_value
 from sane.zoo.storage import ModelEntry
 
 OPTIMIZERS = ("adam", "sgd")
@@ -78,6 +78,9 @@ class SearchSpace:
     ``optimizer`` is ``adam`` (torch's Adam, betas 0.9/0.999, eps 1e-8) or ``sgd`` (with the
     population's ``momentum``); ``weight_decay`` is an L2 term added to the gradient, as in
     ``torch.optim``. ``batch_size`` is the number of training images per step.
+    ``architecture``, when set, lists architecture names the models are spread over (a mixed
+    zoo, e.g. CNN-s beside the wider CNN-s); unset, every model has the population's
+    ``[architecture]`` name.
     """
 
     seed_range: tuple[int, int] = (1, 1)
@@ -88,9 +91,13 @@ class SearchSpace:
     lr: tuple[float, ...] = (3e-4,)
     weight_decay: tuple[float, ...] = (0.0,)
     batch_size: tuple[int, ...] = (10,)
+    architecture: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         first, last = self.seed_range
+        for name in self.architecture or ():
+            require(name in ARCHITECTURES, "architecture", f"one of {sorted(ARCHITECTURES)}",
+                    name)
         require(0 <= first <= last, "seed_range", "[first, last] with 0 <= first <= last",
                 list(self.seed_range))
         for key in _SPACE_ARCH_KEYS:
@@ -109,9 +116,11 @@ class SearchSpace:
 
     @property
     def axes(self) -> dict[str, tuple[Any, ...]]:
-        """The hyperparameter lists in enumeration order (seed excluded)."""
-        return {k: getattr(self, k) for k in
-                ("activation", "init", "dropout", "optimizer", "lr", "weight_decay", "batch_size")}
+        """The hyperparameter lists in enumeration order (seed excluded; ``architecture``
+        last, when set, so that a space without it enumerates as before it existed)."""
+        keys = ("activation", "init", "dropout", "optimizer", "lr", "weight_decay", "batch_size")
+        axes = {k: getattr(self, k) for k in keys}
+        return axes | ({"architecture": self.architecture} if self.architecture else {})
 
     @property
     def num_seeds(self) -> int:
@@ -197,6 +206,8 @@ class PopulationConfig:
         d["architecture"] = self.architecture.to_dict()
         for key in _SPACE_ARCH_KEYS:
             del d["architecture"][key]
+        if self.space.architecture is None:  # as written before mixed zoos existed
+            del d["space"]["architecture"]
         return _lists(d)
 
 
@@ -401,10 +412,11 @@ def enumerate_models(config: PopulationConfig) -> list[ModelEntry]:
     for number, index in enumerate(indices):
         digits = _mixed_radix(int(index), sizes)  # seed varies fastest
         seed = space.seed_range[0] + digits[0]
-        activation, init, dropout, optimizer, lr, wd, batch = (
+        activation, init, dropout, optimizer, lr, wd, batch, *name = (
             a[d] for a, d in zip(axes, digits[1:]))
         arch = dataclasses.replace(config.architecture, activation=activation, init=init,
-                                   dropout=dropout)
+                                   dropout=dropout, name=name[0] if name else
+                                   config.architecture.name)
         training = {"optimizer": optimizer, "lr": lr, "weight_decay": wd, "batch_size": batch,
                     "epochs": config.epochs}
         if optimizer == "sgd":

@@ -125,6 +125,10 @@ def load_training_data(config: PopulationConfig) -> TrainingData:
             f"{arch.name!r} expects {list(expected)}: adjust [dataset] size/grayscale or "
             "[architecture] in_channels/input_size"
         )
+    for name in config.space.architecture or ():  # a mixed zoo: every architecture fits
+        if input_shape(dataclasses.replace(arch, name=name)) != expected:
+            raise ConfigError(f"[space] architecture: {name!r} takes inputs of another shape "
+                              f"than {arch.name!r}; a zoo's models share their inputs")
     if ds.num_classes != arch.num_classes:
         raise ConfigError(f"dataset {d.name!r} has {ds.num_classes} classes, but "
                           f"[architecture] num_classes is {arch.num_classes}")

@@ -57,6 +57,17 @@ def zoo_layout(zoo: Zoo) -> ZooLayout:
     return ZooLayout(first.architecture, tuple(k for k, _, _ in reference), own_keys)
 
 
+def layout_groups(zoo: Zoo) -> list[list[str]]:
+    """The zoo's model ids grouped by parameter layout (the shapes and dtypes of their
+    tensors, in module order): one group for a zoo of one architecture, several for a mixed
+    zoo (CNN-s beside a wider CNN-s). Groups are ordered by their first model id."""
+    groups: dict[tuple, list[str]] = {}
+    for entry in sorted(zoo.models, key=lambda m: m.id):
+        shapes = tuple((s, d) for _, s, d in state_layout(entry.architecture))
+        groups.setdefault(shapes, []).append(entry.id)
+    return list(groups.values())
+
+
 def rename_positionally(state_dict: Mapping[str, torch.Tensor],
                         own: Sequence[tuple[str, tuple[int, ...]]]) -> dict[str, torch.Tensor]:
     """``state_dict``'s tensors under the keys of ``own`` (``(key, shape)`` pairs in module

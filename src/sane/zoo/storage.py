@@ -130,6 +130,19 @@ class Zoo:
         _validate_manifest(manifest, file)
         return cls(path, manifest)
 
+    def subset(self, model_ids: Iterable[str]) -> Zoo:
+        """A view of this zoo holding only ``model_ids`` (in every split), for work on part
+        of a zoo (one architecture of a mixed zoo); it reads the same files."""
+        keep = set(model_ids)
+        unknown = keep - set(self._by_id)
+        if unknown:
+            raise FormatError(f"{self.path}: no models {sorted(unknown)[:5]}")
+        manifest = {**self.manifest,
+                    "models": [m for m in self.manifest["models"] if m["id"] in keep],
+                    "split": {s: [m for m in ids if m in keep]
+                              for s, ids in self.manifest["split"].items()}}
+        return Zoo(self.path, manifest)
+
     # -- queries --------------------------------------------------------------------------
     @property
     def dataset(self) -> dict[str, Any]:
