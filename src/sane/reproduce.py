@@ -52,8 +52,8 @@ class Scale:
     model's last stored epoch; ``protocols`` are the sampling protocols run (of
     :data:`PROTOCOLS`); ``finetune_epochs`` of fine-tuning follow sampling (0: none);
     ``transfer`` names target architectures for the transfer stage, each prompted by
-    ``transfer_prompts`` models trained for ``transfer_epochs`` epochs; ``analysis`` runs the
-    layer analysis."""
+    ``transfer_prompts`` models of the ``transfer_preset`` recipe (default: the zoo's)
+    trained for ``transfer_epochs`` epochs; ``analysis`` runs the layer analysis."""
 
     zoo_preset: str
     models: int
@@ -74,6 +74,7 @@ class Scale:
     transfer: tuple[str, ...] = ()
     transfer_prompts: int = 3
     transfer_epochs: int = 2
+    transfer_preset: str | None = None
     analysis: bool = True
 
     def __post_init__(self) -> None:
@@ -99,7 +100,7 @@ SCALES = {
     "quick": Scale("digits-cnn-s-hyp", models=40, epochs=10, train_size=None, max_abs=100.0,
                    pretrain_preset="cpu", pretrain_epochs=30, batch_size=16, prompts=5,
                    samples=20, keep=5, rounds=3, prior_std=1.0,
-                   transfer=("cnn_s_wide", "cnn_s_deep")),
+                   transfer=("cnn_s_wide", "cnn_s_deep"), transfer_preset="digits-cnn-s-seed"),
     "fmnist": Scale("fmnist-cnn-s-hyp", models=100, epochs=10, train_size=10_000,
                     max_abs=100.0, pretrain_preset="small", pretrain_epochs=50, batch_size=32,
                     prompts=10, samples=50, keep=10, rounds=3, prior_std=1.0),
@@ -285,7 +286,8 @@ def transfer_to_new_architectures(out: Path, scale: Scale, *, progress: bool = T
     from sane.zoo import load_config, train_population
 
     lines = ["## Transfer to new architectures (SANE Tables 15-17): validation accuracy", "",
-             f"For each target architecture, {scale.transfer_prompts} models trained for "
+             f"For each target architecture, {scale.transfer_prompts} models "
+             f"({scale.transfer_preset or scale.zoo_preset}) trained for "
              f"{scale.transfer_epochs} epochs on the zoo's task are the prompts; the SANE "
              "pretrained on the zoo sees their tokens at positions mapped into its own layout "
              f"(relative to each layer) and keeps the {scale.keep} best of {scale.samples} "
@@ -295,7 +297,8 @@ def transfer_to_new_architectures(out: Path, scale: Scale, *, progress: bool = T
     curves = {}
     for name in scale.transfer:
         folder = out / f"transfer-{name}"
-        config = load_config(scale.zoo_preset, models=scale.transfer_prompts,
+        config = load_config(scale.transfer_preset or scale.zoo_preset,
+                             models=scale.transfer_prompts,
                              epochs=scale.transfer_epochs, train_size=scale.train_size)
         config = dataclasses.replace(
             config, architecture=dataclasses.replace(config.architecture, name=name))
