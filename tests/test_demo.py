@@ -16,7 +16,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert (tmp_path / "zoo" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "15 epochs (" in report and "validation reconstruction loss" in report
     assert "| split | models | whole-model R² | test accuracy: original | decoded |" in report
-    assert "| property | SANE | W | sW-layer |" in report
+    assert "| property | W | sW-layer | SANE |" in report
     assert (tmp_path / "probes" / "embeddings.npy").is_file()
     assert "SUB keeps the 5 best of 20 draws around the first 5 training models" in report
     assert len(list((tmp_path / "samples-sub").glob("sample_*.safetensors"))) == 5

@@ -3,6 +3,7 @@ with no zoo or token store present (`sane.Pipeline`, `sane embed`)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -82,6 +83,10 @@ def test_a_copied_run_without_store_or_zoo_embeds_reconstructs_and_samples_as_th
     out = tmp_path / "e.npy"
     assert main(["embed", str(copy), *map(str, files), "--out", str(out)]) == 0
     np.testing.assert_array_equal(np.load(out), embedded)
+    # The run keeps its training split's embeddings: the zoo's own models are in distribution.
+    flags = json.loads(out.with_suffix(".ood.json").read_text())
+    assert [f["checkpoint"] for f in flags["checkpoints"]] == list(map(str, files))
+    assert not any(f["ood"] for f in flags["checkpoints"])
     mlp = tmp_path / "mlp.safetensors"
     save_file(build_model(ArchConfig(name="mlp")).state_dict(), str(mlp))
     assert main(["embed", str(copy), str(mlp), "--out", str(out)]) == 2

@@ -17,6 +17,7 @@ from sane.downstream import (
     probe_table,
     sane_embeddings,
 )
+from sane.downstream.probes import class_markdown_table, class_probe_table
 from sane.errors import ConfigError, FormatError
 from sane.stages.probe import predict_properties
 from sane.weights import BASELINES
@@ -72,18 +73,50 @@ def test_probe_table_leaves_out_unknown_targets_per_property():
     partly = y.copy()
     partly[:5] = np.nan
     splits = {"train": np.arange(20), "val": np.arange(20, 30), "test": np.arange(30, 40)}
-    rows = probe_table({"a": x, "b": x[:, :1]}, {"y": y, "partly": partly}, splits)
+    groups = [f"m{i // 2}" for i in range(40)]  # two checkpoints per model
+    rows = probe_table({"a": x, "b": x[:, :1]}, {"y": y, "partly": partly}, splits, groups,
+                       resamples=200)
     assert [(r["features"], r["property"]) for r in rows] == [
         ("a", "y"), ("b", "y"), ("a", "partly"), ("b", "partly")]
     assert rows[2]["n_train"] == 15 and rows[0]["n_train"] == 20
-    assert rows[0]["r2_test"] > 0.99
+    assert rows[0]["r2_test"] > 0.99 and rows[0]["tau_test"] > 0.9
+    low, high = rows[1]["r2_test_ci"]
+    assert low <= rows[1]["r2_test"] <= high
+    assert rows[0]["test_truth"] == y[30:40].tolist() and len(rows[0]["test_predicted"]) == 10
     table = markdown_table(rows)
     assert table.splitlines()[0] == "| property | a | b |"
-    assert table.splitlines()[2].startswith(f"| y | {rows[0]['r2_test']:.3f} (")
+    assert table.splitlines()[2].startswith(f"| y | {rows[0]['r2_test']:.3f} [")
+    assert markdown_table(rows, "tau").splitlines()[2].startswith(
+        f"| y | {rows[0]['tau_test']:.3f} [")
     unknown = y.copy()
     unknown[30:39] = np.nan
     with pytest.raises(FormatError, match="the test split has 1 rows"):
-        probe_table({"a": x}, {"late": unknown}, splits)
+        probe_table({"a": x}, {"late": unknown}, splits, groups)
+
+
+def test_table_1_layout_puts_w_then_sw_then_sane():
+    row = {"r2_test": 0.5, "r2_test_ci": [0.4, 0.6]}
+    rows = [{"features": f, "property": p, **row} for p in ("test_acc", "ggap")
+            for f in ("SANE", "sW-layer", "W", "sW-tensor-var")]
+    lines = markdown_table(rows).splitlines()
+    assert lines[0] == "| property | W | sW-layer | sW-tensor-var | SANE |"
+    assert [line.split(" |")[0] for line in lines[2:]] == ["| Acc", "| GGap"]
+
+
+def test_classification_probes_beat_the_majority_class_when_features_know():
+    rng = np.random.default_rng(0)
+    labels = np.array(["relu", "tanh", "gelu"] * 20)
+    x = rng.normal(size=(60, 4))
+    x[:, 0] += 6 * (labels == "relu") - 6 * (labels == "tanh")
+    splits = {"train": np.arange(36), "val": np.arange(36, 48), "test": np.arange(48, 60)}
+    rows = class_probe_table({"informed": x, "noise": x[:, 1:]},
+                             {"activation": labels, "init": np.array(["u"] * 60)}, splits)
+    assert [r["property"] for r in rows] == ["activation", "activation"]  # one class: left out
+    informed, noise = rows
+    assert informed["classes"] == ["gelu", "relu", "tanh"]
+    assert informed["majority_test"] == pytest.approx(1 / 3)
+    assert informed["accuracy_test"] > 0.8 and noise["accuracy_test"] < 0.7
+    assert "| activation | 3 | 0.333 |" in class_markdown_table(rows)
 
 
 def test_embeddings_are_the_haloed_mean_latents_in_store_order(random_store, tiny_run):
@@ -117,9 +150,14 @@ def test_predict_properties_writes_results_and_embeddings(random_store, tiny_run
     saved = json.loads((tmp_path / "p" / "probes.json").read_text())
     assert saved["store"] == str(random_store.path.resolve()) and saved["results"] == rows
     assert np.load(tmp_path / "p" / "embeddings.npy").shape == (36, 16)
-    assert "| test_acc |" in (tmp_path / "p" / "probes.md").read_text()
+    text = (tmp_path / "p" / "probes.md").read_text()
+    assert "| Acc |" in text and "## Kendall τ" in text and "![Acc](scatter-test_acc.png)" in text
+    for prop in ("test_acc", "epoch", "ggap"):
+        assert (tmp_path / "p" / f"scatter-{prop}.png").read_bytes()[:4] == b"\x89PNG"
+    assert result.classification == []  # one activation, init and dropout in this zoo
+    assert len(result.ood["test"]) == 9 and result.ood["percentile"] == 99.0
     reconstruction = saved["reconstruction"]
-    assert result.reconstruction == reconstruction and "| test_acc |" in result.markdown()
+    assert result.reconstruction == reconstruction and "| Acc |" in result.markdown()
     assert {s: reconstruction[s]["models"] for s in ("train", "val", "test")} == {
         "train": 8, "val": 1, "test": 3}  # the split of 12 models, each model once
     assert all(0 <= reconstruction[s]["decoded_accuracy"] <= 1 for s in ("train", "val", "test"))
@@ -132,9 +170,37 @@ def test_cli_probe(random_store, tiny_run, tmp_path, capsys):
     out, _ = tiny_run
     assert main(["probe", str(out), "--out", str(tmp_path / "a"), "--features", "SANE",
                  "--properties", "epoch"]) == 0
-    assert "| epoch |" in capsys.readouterr().out
+    assert "| Ep |" in capsys.readouterr().out
     assert main(["probe", "--store", str(random_store.path), "--out", str(tmp_path / "b"),
                  "--features", "sW-layer"]) == 0
     assert not (tmp_path / "b" / "embeddings.npy").exists()
     assert main(["probe", "--store", str(random_store.path), "--out", str(tmp_path / "c")]) == 2
     assert "need a pretraining run" in capsys.readouterr().err
+
+
+def test_probe_predicts_another_zoo_and_flags_models_unlike_the_training_zoo(random_store,
+                                                                            tiny_run,
+                                                                            tmp_path, capsys):
+    """Models far from the zoo (its weights scaled 50×) are flagged; the zoo's own models
+    are not; every probe predicts every model's last checkpoint."""
+    from sane.zoo import Zoo
+
+    zoo = Zoo.open(random_store.zoo_path)
+    far = Zoo.create(tmp_path / "far", zoo.models[:3], dataset=zoo.dataset)
+    for entry in far.models:
+        state = zoo.load_checkpoint(entry.id, 2)
+        far.write_epoch(entry.id, 2, {k: 50 * v for k, v in state.items()}, {"test_acc": 0.1})
+    out, _ = tiny_run
+    assert main(["probe", str(out), "--out", str(tmp_path / "p"), "--predict",
+                 str(far.path)]) == 0
+    assert "3 checkpoints of" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "p" / "probes.json").read_text())
+    assert [p["model"] for p in saved["predictions"]] == [m.id for m in zoo.models[:3]]
+    assert all(p["ood"] and p["distance"] > saved["ood"]["threshold"]
+               for p in saved["predictions"])
+    assert set(saved["predictions"][0]["predicted"]) == {
+        f"{p}/{f}" for p in ("test_acc", "epoch", "ggap") for f in ("SANE", "W", "sW-layer")}
+    assert "## Predictions for another zoo" in (tmp_path / "p" / "probes.md").read_text()
+    same = predict_properties(out, tmp_path / "q", features=["SANE"], predict=zoo.path,
+                              progress=False)
+    assert not any(p["ood"] for p in same.predictions)

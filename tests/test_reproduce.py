@@ -26,7 +26,8 @@ def test_reproduction_writes_every_table_and_resumes(tmp_path, capsys):
                     "### Memorization controls", "## Layer analysis (SANE §4)",
                     "## Transfer to new architectures (SANE Tables 15-17)", "### cnn_s_deep"):
         assert heading in report
-    assert "| test_acc |" in report and "| log_spectral_norm |" in report
+    assert "| Acc |" in report and "| log_spectral_norm |" in report
+    assert "Kendall τ:" in report
     assert "12 checkpoints (epochs 0-1)" in report  # 6 models × the first two epochs
     assert "| split | models | whole-model R² |" in report
     table = report.split("## Model generation")[1]

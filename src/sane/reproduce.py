@@ -197,9 +197,12 @@ def write_report(out: Path, scale: Scale, zoo: Any, store: Any, pretrained: Any,
         "([sane/report.md](sane/report.md), ![loss](sane/loss.png)).", "",
         "Reconstruction by function (whole models, each at its last stored epoch):", "",
         fidelity_markdown(pretrained.fidelity), "",
-        "## Property prediction (SANE Table 1): test R² (validation R²)", "",
+        "## Property prediction (SANE Table 1)", "",
         "Linear probes fitted on the training split's checkpoints, their strength chosen on "
-        "the validation split.", "", probes.markdown(), "",
+        "the validation split; test R² and Kendall τ with 95 % bootstrap intervals over test "
+        "models ([probes/probes.md](probes/probes.md) adds classification probes, "
+        "out-of-distribution flags and scatter plots).", "", "R²:", "", probes.markdown(), "",
+        "Kendall τ:", "", probes.markdown("tau"), "",
         generation,
     ]
     if analysis is not None:

@@ -14,7 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Embed every checkpoint of a token store with a pretrained SANE (haloed, "
         "mean over tokens), compute the W and s(W) baselines, and fit one ridge probe per "
         "feature set and property on the training split, its strength chosen on the "
-        "validation split. Prints and writes R² per split.",
+        "validation split. Prints and writes R² and Kendall τ with bootstrap intervals over "
+        "test models, classification probes for the zoo's hyperparameters and "
+        "out-of-distribution flags.",
     )
     probe.add_argument("run", type=Path, nargs="?",
                        help="pretraining run directory (from `sane pretrain`)")
@@ -26,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "sW-tensor-std (default: SANE,W,sW-layer)")
     probe.add_argument("--properties",
                        help="comma-separated properties (default: test_acc,epoch,ggap)")
+    probe.add_argument("--predict", type=Path, metavar="ZOO",
+                       help="also predict the last checkpoint of every model of this zoo, "
+                       "each flagged when it lies outside the training zoo")
     probe.set_defaults(handler=_probe)
 
 
@@ -37,10 +42,14 @@ def _probe(args: argparse.Namespace) -> None:
     if "SANE" in (FEATURES if features is None else features) and args.run is None:
         raise ConfigError("the SANE features need a pretraining run: sane probe RUN --out DIR "
                           "(or --features without SANE and --store STORE)")
-    result = predict_properties(args.run, args.out, store=args.store, **given(
-        features=features, properties=_names(args.properties)))
-    print("test R² (validation R²)")
+    result = predict_properties(args.run, args.out, store=args.store, predict=args.predict,
+                                **given(features=features, properties=_names(args.properties)))
+    print("test R² [95 % bootstrap interval over test models]")
     print(result.markdown())
+    flagged = [p for p in result.predictions if p.get("ood")]
+    if result.predictions:
+        print(f"{len(result.predictions)} checkpoints of {args.predict} predicted, "
+              f"{len(flagged)} flagged out of distribution")
     print(f"results: {args.out / 'probes.json'}, {args.out / 'probes.md'}")
 
 

@@ -23,20 +23,23 @@ MAX_BASELINE_BYTES = 4 * 2**30
 
 
 def sane_embeddings(
-    model: SANE, store: TokenStore, *, batch_size: int = 32, progress: bool = True,
-    window: int | None = None, halo: int | None = None,
+    model: SANE, store: TokenStore, *, rows: np.ndarray | None = None, batch_size: int = 32,
+    progress: bool = True, window: int | None = None, halo: int | None = None,
 ) -> np.ndarray:
-    """``[M, d_z]`` float64: the haloed mean latent of every checkpoint of ``store``."""
+    """``[R, d_z]`` float64: the haloed mean latent of the checkpoints ``rows`` of
+    ``store`` (default: every checkpoint)."""
+    rows = np.arange(len(store.rows)) if rows is None else np.asarray(rows)
     device = next(model.parameters()).device
     positions = store.positions.to(device)
-    out = np.empty((len(store.rows), model.config.d_latent))
+    out = np.empty((len(rows), model.config.d_latent))
     model.eval()
     with torch.no_grad():
-        for start in tqdm(range(0, len(store.rows), batch_size), desc="embedding",
+        for start in tqdm(range(0, len(rows), batch_size), desc="embedding",
                           unit="batch", disable=not progress):
-            tokens = torch.tensor(store.tokens[start : start + batch_size], device=device)
+            part = rows[start : start + batch_size]
+            tokens = torch.tensor(store.tokens[part], device=device)
             z = model.embed(tokens, positions, window=window, halo=halo)
-            out[start : start + len(tokens)] = z.double().cpu().numpy()
+            out[start : start + len(part)] = z.double().cpu().numpy()
     return out
 
 

@@ -19,6 +19,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sane import markdown
+from sane.downstream.intervals import METRICS, bootstrap_interval, kendall_tau, r2
 from sane.errors import ConfigError, FormatError
 
 ALPHAS = (1e3, 3e2, 1e2, 3e1, 1e1, 3.0, 1.0, 0.3, 0.1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4,
@@ -85,15 +86,24 @@ def probe_table(
     features: Mapping[str, np.ndarray],
     targets: Mapping[str, np.ndarray],
     splits: Mapping[str, np.ndarray],
+    groups: Sequence[str],
     alphas: Sequence[float] = ALPHAS,
+    *,
+    resamples: int = 1000,
+    extra: Mapping[str, np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
-    """Fit one probe per (feature set, property) and report its R² per split.
+    """Fit one probe per (feature set, property) and report R² and Kendall τ per split, with
+    bootstrap 95 % intervals over the test split's *models* (:mod:`sane.downstream.intervals`).
 
     ``features[name]`` is ``[M, F]``; ``targets[property]`` ``[M]`` (NaN where unknown: those
     rows are left out for that property); ``splits`` maps "train", "val" and "test" to row
-    indices. Returns rows ``{"features", "property", "alpha", "r2_train", "r2_val", "r2_test",
-    "n_train", "n_val", "n_test"}``.
+    indices; ``groups[m]`` is the model of row ``m``. Returns rows ``{"features",
+    "property", "alpha", "r2_<split>", "tau_<split>", "n_<split>", "r2_test_ci",
+    "tau_test_ci", "test_rows", "test_truth", "test_predicted"}``; with ``extra`` (features
+    of further models per feature set, ``[Q, F]``), also their predictions
+    (``"extra_predicted"``).
     """
+    groups = np.asarray(groups)
     rows = []
     for prop, y in targets.items():
         known = {s: idx[np.isfinite(y[idx])] for s, idx in splits.items()}
@@ -102,23 +112,102 @@ def probe_table(
                 raise FormatError(f"property {prop!r}: the {split} split has "
                                   f"{len(known[split])} rows with a value; a probe needs 2")
         for name, x in features.items():
-            train, val = known["train"], known["val"]
+            train, val, test = known["train"], known["val"], known["test"]
             probe = LinearProbe(alphas).fit(x[train], y[train], validation=(x[val], y[val]))
             row: dict[str, Any] = {"features": name, "property": prop, "alpha": probe.alpha_}
             for split in ("train", "val", "test"):
                 idx = known[split]
-                row[f"r2_{split}"] = probe.score(x[idx], y[idx])
+                predicted = probe.predict(x[idx])
+                row[f"r2_{split}"] = r2(y[idx], predicted)
+                row[f"tau_{split}"] = kendall_tau(y[idx], predicted)
                 row[f"n_{split}"] = len(idx)
+            predicted = probe.predict(x[test])
+            for metric in ("r2", "tau"):
+                row[f"{metric}_test_ci"] = list(bootstrap_interval(
+                    y[test], predicted, groups[test], METRICS[metric], resamples=resamples))
+            row |= {"test_rows": test.tolist(), "test_truth": y[test].tolist(),
+                    "test_predicted": predicted.tolist()}
+            if extra is not None:
+                row["extra_predicted"] = probe.predict(extra[name]).tolist()
             rows.append(row)
     return rows
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The probe results as a Markdown table: one line per property, one column per feature
-    set, test R² (validation R² in parentheses)."""
-    names = list(dict.fromkeys(r["features"] for r in rows))
+# Table 1 of the paper: properties as rows, feature sets as columns (W, s(W), SANE).
+PROPERTY_LABELS = {"test_acc": "Acc", "epoch": "Ep", "ggap": "GGap"}
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], metric: str = "r2") -> str:
+    """The probe results in the layout of SANE's Table 1: one line per property (Acc, Ep,
+    GGap), one column per feature set (W, the s(W) variants, SANE, then any other); each
+    cell the test ``metric`` ("r2" or "tau") with its bootstrap 95 % interval."""
+    names = sorted(dict.fromkeys(r["features"] for r in rows), key=_column_order)
     props = list(dict.fromkeys(r["property"] for r in rows))
     cell = {(r["property"], r["features"]): r for r in rows}
+
+    def text(r: Mapping[str, Any]) -> str:
+        low, high = r[f"{metric}_test_ci"]
+        return f"{r[f'{metric}_test']:.3f} [{low:.2f}, {high:.2f}]"
+
     return markdown.table(["property", *names], [
-        [prop, *(f"{cell[prop, n]['r2_test']:.3f} ({cell[prop, n]['r2_val']:.3f})"
-                 for n in names)] for prop in props])
+        [PROPERTY_LABELS.get(prop, prop), *(text(cell[prop, n]) for n in names)]
+        for prop in props])
+
+
+def _column_order(name: str) -> tuple[int, str]:
+    rank = 0 if name == "W" else 1 if name.startswith("sW") else 2 if name == "SANE" else 3
+    return rank, name
+
+
+CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+
+
+def class_probe_table(
+    features: Mapping[str, np.ndarray],
+    labels: Mapping[str, np.ndarray],
+    splits: Mapping[str, np.ndarray],
+    cs: Sequence[float] = CS,
+) -> list[dict[str, Any]]:
+    """Classification probes for categorical properties (hyperparameters such as the
+    activation): one logistic regression per (feature set, property) on standardized
+    features, its inverse strength ``C`` chosen by validation accuracy. ``labels[name]`` is
+    ``[M]`` (strings); a property with one class in the training split is left out. Rows
+    ``{"features", "property", "C", "classes", "accuracy_<split>", "majority_test"}``: the
+    majority class of the training split, scored on the test split, is the baseline."""
+    from sklearn.linear_model import LogisticRegression
+
+    rows = []
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    for prop, y in labels.items():
+        y = np.asarray(y).astype(str)
+        classes, counts = np.unique(y[train], return_counts=True)
+        if len(classes) < 2:
+            continue
+        majority = classes[counts.argmax()]
+        for name, x in features.items():
+            best = None
+            for c in cs:
+                model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+                model.fit(x[train], y[train])
+                score = float((model.predict(x[val]) == y[val]).mean())
+                if best is None or score > best[0]:
+                    best = (score, c, model)
+            _, c, model = best
+            row: dict[str, Any] = {"features": name, "property": prop, "C": c,
+                                   "classes": classes.tolist()}
+            for split, idx in splits.items():
+                row[f"accuracy_{split}"] = float((model.predict(x[idx]) == y[idx]).mean())
+            row["majority_test"] = float((y[test] == majority).mean())
+            rows.append(row)
+    return rows
+
+
+def class_markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Test accuracy of each classification probe beside the majority-class baseline."""
+    names = sorted(dict.fromkeys(r["features"] for r in rows), key=_column_order)
+    props = list(dict.fromkeys(r["property"] for r in rows))
+    cell = {(r["property"], r["features"]): r for r in rows}
+    return markdown.table(
+        ["property", "classes", "majority class", *names],
+        [[prop, len(cell[prop, names[0]]["classes"]), cell[prop, names[0]]["majority_test"],
+          *(cell[prop, n]["accuracy_test"] for n in names)] for prop in props], digits=3)

@@ -1,16 +1,23 @@
 """``sane probe``: predicting model properties from their weights (SANE §5.1), SANE
 embeddings against the ``W`` and ``s(W)`` baselines, each through a linear probe
-(:mod:`sane.downstream.probes`), on one token store.
+(:mod:`sane.downstream.probes`), on one token store; with rank metrics and bootstrap
+intervals over test models, classification probes for the zoo's categorical
+hyperparameters, out-of-distribution flags (:mod:`sane.downstream.ood`) and, optionally,
+predictions for the checkpoints of another zoo.
 
 ::
 
     OUT/
       embeddings.npy   float64 [M, d_z], one row per store checkpoint (with "SANE")
-      probes.json      the settings and one row per (feature set, property): alpha, R² and
-                       sample counts per split; with a SANE, its reconstruction by function
-                       per split (:mod:`sane.train.fidelity`)
-      probes.md        test R² (validation R²) per property and feature set, and the
-                       reconstruction table
+      probes.json      the settings; one row per (feature set, property): alpha, R² and
+                       Kendall τ per split with 95 % intervals, the test predictions; the
+                       classification probes; the out-of-distribution threshold and the
+                       test checkpoints' distances; predictions for another zoo; with a
+                       SANE, its reconstruction by function per split
+      probes.md        the tables: R² and τ in the layout of SANE's Table 1, classification
+                       accuracy against the majority class, flags, predictions
+      scatter-<property>.png   predicted against true test values, a panel per feature set
+      ood.json/.npy    the out-of-distribution reference (the training split's embeddings)
 """
 
 from __future__ import annotations
@@ -20,13 +27,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sane import atomic
+import numpy as np
+
+from sane import atomic, markdown
 from sane.downstream.features import store_features
-from sane.downstream.probes import markdown_table, probe_table
+from sane.downstream.ood import OODReference
+from sane.downstream.probes import (
+    PROPERTY_LABELS,
+    class_markdown_table,
+    class_probe_table,
+    markdown_table,
+    probe_table,
+)
 from sane.errors import FormatError
 from sane.model import SANE
 from sane.train.fidelity import fidelity_markdown, reconstruction_report
 from sane.train.run_dir import run_store
+from sane.weights.baselines import BASELINES
+from sane.weights.store import TokenStore
+from sane.zoo import Zoo
+from sane.zoo.storage import MANIFEST as ZOO_MANIFEST
 
 PROPERTIES = ("test_acc", "epoch", "ggap")
 FEATURES = ("SANE", "W", "sW-layer")
@@ -35,15 +55,37 @@ FEATURES = ("SANE", "W", "sW-layer")
 @dataclass(frozen=True)
 class ProbeResult:
     """What property prediction computed: one row per (feature set, property) of
-    :func:`~sane.downstream.probes.probe_table` (``rows``), and with a SANE its reconstruction
-    by function per split (``reconstruction``, :mod:`sane.train.fidelity`)."""
+    :func:`~sane.downstream.probes.probe_table` (``rows``: R² and τ with intervals), the
+    classification probes (``classification``), the out-of-distribution summary (``ood``:
+    threshold and the test checkpoints' distances; None without SANE features), predictions
+    for another zoo's checkpoints (``predictions``), and with a SANE its reconstruction by
+    function per split (``reconstruction``)."""
 
     rows: list[dict[str, Any]]
+    classification: list[dict[str, Any]]
+    ood: dict[str, Any] | None
+    predictions: list[dict[str, Any]]
     reconstruction: dict[str, Any] | None
 
-    def markdown(self) -> str:
-        """Test R² (validation R²) per property and feature set."""
-        return markdown_table(self.rows)
+    def markdown(self, metric: str = "r2") -> str:
+        """The test ``metric`` ("r2" or "tau") with its bootstrap 95 % interval, in the
+        layout of SANE's Table 1."""
+        return markdown_table(self.rows, metric)
+
+
+def hyperparameters(store: TokenStore) -> dict[str, np.ndarray]:
+    """Categorical hyperparameters per store row, ``[M]`` strings: activation,
+    initialization and dropout from each row's architecture, and the optimizer from the
+    zoo's recipes when the zoo is at hand."""
+    archs = [store.architecture(r) for r in range(len(store.rows))]
+    labels = {"activation": np.array([a.activation for a in archs]),
+              "init": np.array([a.init for a in archs]),
+              "dropout": np.array([str(a.dropout) for a in archs])}
+    if (store.zoo_path / ZOO_MANIFEST).is_file():
+        zoo = Zoo.open(store.zoo_path)
+        labels["optimizer"] = np.array([str(zoo.model(m).training.get("optimizer"))
+                                        for m, _, _ in store.rows])
+    return labels
 
 
 def predict_properties(
@@ -53,12 +95,16 @@ def predict_properties(
     store: str | Path | None = None,
     features: Sequence[str] = FEATURES,
     properties: Sequence[str] = PROPERTIES,
+    predict: str | Path | None = None,
     progress: bool = True,
 ) -> ProbeResult:
-    """Probe ``properties`` from each feature set on the store's splits; writes ``out``.
+    """Probe ``properties`` and the categorical hyperparameters from each feature set on the
+    store's splits; writes ``out``.
 
     ``run`` is a pretraining run directory (needed for ``"SANE"``); ``store`` defaults to the
-    store the run was trained on.
+    store the run was trained on. ``predict`` names another zoo: each of its models' last
+    checkpoint is predicted by every probe and, with SANE features, flagged when it lies
+    outside the training zoo.
     """
     if run is None and store is None:
         raise FormatError("give a pretraining run or a token store")
@@ -67,22 +113,133 @@ def predict_properties(
     for name in properties:
         tokens.property(name)  # unknown names fail before any work
     values = store_features(tokens, features, model, progress=progress)
-    rows = probe_table(values, {p: tokens.property(p) for p in properties},
-                       {s: tokens.split_rows(s) for s in ("train", "val", "test")})
+    splits = {s: tokens.split_rows(s) for s in ("train", "val", "test")}
+    groups = [m for m, _, _ in tokens.rows]
+    others = None if predict is None else _other_zoo(predict, tokens, values, model)
+    rows = probe_table(values, {p: tokens.property(p) for p in properties}, splits, groups,
+                       extra=None if others is None else others[1])
+    classification = class_probe_table(values, hyperparameters(tokens), splits)
     out = Path(out)
+    ood, other_flags = None, None
     if "SANE" in values:
         atomic.save_array(out / "embeddings.npy", values["SANE"])
+        train = splits["train"]
+        reference = OODReference.fit(values["SANE"][train], [groups[i] for i in train])
+        reference.save(out)
+        test = reference.flags(values["SANE"][splits["test"]])
+        ood = {"threshold": reference.threshold, "percentile": reference.percentile,
+               "test": [{"model": tokens.rows[r][0], "epoch": tokens.rows[r][1], **f}
+                        for r, f in zip(splits["test"].tolist(), test)]}
+        if others is not None:
+            other_flags = reference.flags(others[1]["SANE"])
+    predictions = [] if others is None else _predictions(others[0], rows, other_flags)
     fidelity = (None if model is None
                 else reconstruction_report(model, tokens, ("train", "val", "test")))
     atomic.write_json(out / "probes.json", {
         "run": None if run is None else str(Path(run).resolve()),
         "store": str(tokens.path.resolve()), "features": list(features),
-        "properties": list(properties), "results": rows, "reconstruction": fidelity,
+        "properties": list(properties), "results": rows, "classification": classification,
+        "ood": ood, "predictions": predictions, "reconstruction": fidelity,
     })
-    text = "# Property prediction: test R² (validation R²)\n\n" + markdown_table(rows) + "\n"
-    if fidelity is not None:
-        text += ("\n## Reconstruction by function\n\nUp to 16 models per split, each at its "
-                 "last stored epoch, encoded and decoded whole.\n\n"
-                 + fidelity_markdown(fidelity) + "\n")
-    atomic.write_text(out / "probes.md", text)
-    return ProbeResult(rows, fidelity)
+    for prop in properties:
+        _scatter(out / f"scatter-{prop}.png", [r for r in rows if r["property"] == prop])
+    result = ProbeResult(rows, classification, ood, predictions, fidelity)
+    atomic.write_text(out / "probes.md", _markdown(result, properties))
+    return result
+
+
+def _other_zoo(path: str | Path, store: TokenStore, values: dict[str, np.ndarray],
+               model: SANE | None) -> tuple[list[tuple[str, int]], dict[str, np.ndarray]]:
+    """The last checkpoint of every model of the zoo at ``path`` and its features per
+    feature set of ``values``, computed as for the store (SANE: aligned, tokenized and
+    embedded by the store's tokenizer; baselines: from the checkpoint)."""
+    from sane.pipeline import Pipeline
+
+    zoo = Zoo.open(path)
+    ids = [(m.id, zoo.checkpoint_epochs(m.id)[-1]) for m in zoo.models
+           if zoo.checkpoint_epochs(m.id)]
+    if not ids:
+        raise FormatError(f"{zoo.path}: no stored checkpoint to predict")
+    tokenizer = store.tokenizer
+    states = []
+    for model_id, epoch in ids:
+        try:
+            states.append(tokenizer.canonical(zoo.load_checkpoint(model_id, epoch)))
+        except FormatError as error:
+            raise FormatError(f"{zoo.checkpoint_path(model_id, epoch)}: {error}") from error
+    features = {}
+    for name in values:
+        if name == "SANE":
+            features[name] = Pipeline(model, tokenizer).embed(states)
+        else:
+            features[name] = BASELINES[name](
+                states, include_batchnorm=store.settings.include_batchnorm)
+    return ids, features
+
+
+def _predictions(ids: list[tuple[str, int]], rows: list[dict[str, Any]],
+                 flags: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """One record per checkpoint of another zoo: its predictions per (property, feature
+    set) and, with SANE features, its out-of-distribution distance and flag."""
+    records = []
+    for i, (model_id, epoch) in enumerate(ids):
+        record: dict[str, Any] = {"model": model_id, "epoch": epoch, "predicted": {
+            f"{r['property']}/{r['features']}": r["extra_predicted"][i] for r in rows}}
+        records.append(record | ({} if flags is None else flags[i]))
+    return records
+
+
+def _markdown(result: ProbeResult, properties: Sequence[str]) -> str:
+    lines = ["# Property prediction", "",
+             "Test R² and Kendall τ of linear probes fitted on the training split's "
+             "checkpoints, their strength chosen on the validation split; in brackets the "
+             "95 % bootstrap interval over test *models*. Rows: test accuracy (Acc), epoch "
+             "(Ep), generalization gap (GGap), as in SANE's Table 1.", "",
+             "## R²", "", markdown_table(result.rows, "r2"), "",
+             "## Kendall τ", "", markdown_table(result.rows, "tau"), "",
+             *(f"![{PROPERTY_LABELS.get(p, p)}](scatter-{p}.png)" for p in properties), ""]
+    if result.classification:
+        lines += ["## Hyperparameters: classification probes (test accuracy)", "",
+                  "Logistic regression, strength chosen on the validation split; the majority "
+                  "class of the training split is the baseline.", "",
+                  class_markdown_table(result.classification), ""]
+    if result.ood is not None:
+        flagged = [t for t in result.ood["test"] if t["ood"]]
+        lines += ["## Out of distribution", "",
+                  f"Threshold {result.ood['threshold']:.4f}: the {result.ood['percentile']:g}th "
+                  "percentile of the training checkpoints' distances to the nearest checkpoint "
+                  f"of another training model (SANE embeddings). {len(flagged)} of "
+                  f"{len(result.ood['test'])} test checkpoints lie beyond it.", ""]
+    if result.predictions:
+        keys = list(result.predictions[0]["predicted"])
+        lines += ["## Predictions for another zoo", "", markdown.table(
+            ["model", "epoch", *keys, *(["distance", "OOD"] if "ood" in result.predictions[0]
+                                        else [])],
+            [[p["model"], p["epoch"], *(p["predicted"][k] for k in keys),
+              *([p["distance"], "yes" if p["ood"] else "no"] if "ood" in p else [])]
+             for p in result.predictions], digits=3), ""]
+    if result.reconstruction is not None:
+        lines += ["## Reconstruction by function", "",
+                  "Up to 16 models per split, each at its last stored epoch, encoded and "
+                  "decoded whole.", "", fidelity_markdown(result.reconstruction), ""]
+    return "\n".join(lines)
+
+
+def _scatter(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Predicted against true test values of one property, one panel per feature set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.2), squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        truth, predicted = row["test_truth"], row["test_predicted"]
+        ax.scatter(truth, predicted, s=8, alpha=0.6)
+        low, high = min(truth + predicted), max(truth + predicted)
+        ax.plot([low, high], [low, high], color="grey", linewidth=0.8)
+        ax.set(title=f"{row['features']}: R² {row['r2_test']:.2f}, τ {row['tau_test']:.2f}",
+               xlabel=f"true {row['property']}", ylabel="predicted")
+    fig.tight_layout()
+    atomic.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)

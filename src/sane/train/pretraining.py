@@ -26,9 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from sane.downstream.features import sane_embeddings
+from sane.downstream.ood import OODReference
 from sane.errors import ConfigError, FormatError
 from sane.model.losses import sane_loss, squared_sums
 from sane.model.sane import SANE, describe
@@ -122,6 +125,8 @@ def pretrain(
         history.append(record)
         save_epoch(out, model, optimizer, scheduler, history)
     bar.close()
+    if not (out / "ood.json").is_file():
+        _ood_reference(model, stores).save(out)
     return PretrainResult(model.eval(), history, out)
 
 
@@ -233,6 +238,17 @@ def _whole_models(model: SANE, stores: list[TokenStore], config: PretrainConfig,
         return record | {"fidelity": reports[0]}
     return record | {"fidelity": {"layouts": [
         {"architecture": s.architectures[0].name, **r} for s, r in zip(stores, reports)]}}
+
+
+def _ood_reference(model: SANE, stores: list[TokenStore]) -> OODReference:
+    """The out-of-distribution reference of the run (:mod:`sane.downstream.ood`): the
+    embeddings of every training-split checkpoint of every layout."""
+    embeddings, models = [], []
+    for store in stores:
+        rows = store.split_rows("train")
+        embeddings.append(sane_embeddings(model, store, rows=rows, progress=False))
+        models += [store.rows[r][0] for r in rows.tolist()]
+    return OODReference.fit(np.concatenate(embeddings), models)
 
 
 def _accumulate(sums: dict[str, float], losses: dict[str, torch.Tensor]) -> None:
