@@ -67,12 +67,16 @@ class Pipeline:
     def tokenizer(self, model: Model) -> Tokenizer:
         """The tokenizer that fits ``model`` (FormatError naming the first mismatch with the
         first tokenizer when none does)."""
+        return self.tokenizers[self._fitting(model)]
+
+    def _fitting(self, model: Model) -> int:
+        """The index of the first tokenizer that fits ``model``."""
         state = _state(model)
         errors = []
-        for tokenizer in self.tokenizers:
+        for k, tokenizer in enumerate(self.tokenizers):
             try:
                 tokenizer.canonical(state)
-                return tokenizer
+                return k
             except FormatError as error:
                 errors.append(error)
         raise errors[0]
@@ -84,16 +88,20 @@ class Pipeline:
         if isinstance(models, (nn.Module, Mapping)) or not len(models):
             raise ConfigError("give a non-empty list of models (modules or state dicts)")
         device = next(self.model.parameters()).device
-        out = []
+        encoded: dict[int, list[tuple[int, torch.Tensor]]] = {}  # tokenizer -> (model, tokens)
         for i, m in enumerate(models):
             try:
-                tokenizer = self.tokenizer(m)
-                tokens = tokenizer.encode(_state(m))
+                k = self._fitting(m)
+                encoded.setdefault(k, []).append((i, self.tokenizers[k].encode(_state(m))))
             except FormatError as error:
                 raise FormatError(f"model {i}: {error}") from error
-            positions = tokenizer.manifest.positions()
-            out.append(self.model.encode_sequence(tokens[None].to(device),
-                                                  positions)[0].cpu().float())
+        out: list[torch.Tensor] = [torch.empty(0)] * len(models)
+        for k, group in encoded.items():  # one haloed pass per layout
+            positions = self.tokenizers[k].manifest.positions()
+            tokens = torch.stack([t for _, t in group]).to(device)
+            latents = self.model.encode_sequence(tokens, positions).cpu().float()
+            for (i, _), z in zip(group, latents):
+                out[i] = z
         return out
 
     def embed(self, models: Sequence[Model]) -> np.ndarray:
