@@ -67,6 +67,10 @@ PROPERTIES = ("test_acc", "val_acc", "train_acc", "ggap", "epoch", "test_loss", 
               "train_loss")
 
 
+class StoreSetError(FormatError):
+    """A single-layout store was asked for where a store set lies."""
+
+
 @dataclass(frozen=True)
 class StoreSettings:
     """What ``sane prepare`` was asked for; a rerun with other settings is refused.
@@ -142,10 +146,14 @@ class TokenStore:
         if not file.is_file():
             raise FormatError(f"{path} is not a token store: {MANIFEST} not found "
                               "(run `sane prepare ZOO --out STORE`)")
-        if atomic.read_json(file).get("format") == SET_FORMAT:
-            raise FormatError(f"{path} holds a store of several layouts (a mixed zoo): open "
-                              "it with open_store, or give one layout, STORE/layouts/K")
-        meta = atomic.read_manifest(file, FORMAT, VERSION)
+        try:
+            meta = atomic.read_manifest(file, FORMAT, VERSION)
+        except FormatError as error:
+            if _is_set(file):
+                raise StoreSetError(f"{path} holds a store of several layouts (a mixed zoo): "
+                                    "open it with open_store, or give one layout, "
+                                    "STORE/layouts/K") from error
+            raise
         try:
             return cls(path, meta)
         except (KeyError, TypeError, ValueError) as error:
@@ -244,10 +252,15 @@ def _settings(path: Path, meta: dict[str, Any]) -> StoreSettings:
 def open_store(path: str | Path) -> TokenStore | StoreSet:
     """The token store at ``path``: a :class:`TokenStore`, or a :class:`StoreSet` for a
     mixed zoo."""
-    file = Path(path) / MANIFEST
-    if file.is_file() and atomic.read_json(file).get("format") == SET_FORMAT:
+    try:
+        return TokenStore.open(path)
+    except StoreSetError:
         return StoreSet.open(path)
-    return TokenStore.open(path)
+
+
+def _is_set(file: Path) -> bool:
+    meta = atomic.read_json(file)
+    return isinstance(meta, dict) and meta.get("format") == SET_FORMAT
 
 
 def prepare_store(
