@@ -12,7 +12,7 @@ TORCH := torch==2.13.0
 $(BIN)/sane: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
 	touch $(BIN)/sane
 
 demo: $(BIN)/sane

@@ -5,9 +5,10 @@ pretrains SANE). :func:`train_population` enumerates the models of a
 :class:`~sane.zoo.config.PopulationConfig`, claims the zoo directory (creates the zoo with the
 resolved config, the dataset and the model-level split, or checks that an existing one was
 started with the same config), splits the models into groups that train together
-(:func:`plan_groups`) and runs the unfinished groups, in this process or in worker processes
-(:mod:`sane.zoo.workers`). Training one group, its records and its crash safety are
-:mod:`sane.zoo.group_training`; the batched training algorithm is :mod:`sane.zoo.population`.
+(:func:`plan_groups`) and runs the unfinished groups, in this process, in worker processes
+(:mod:`sane.zoo.workers`) or as Ray tasks (:mod:`sane.zoo.ray_backend`). Training one group,
+its records and its crash safety are :mod:`sane.zoo.group_training`; the batched training
+algorithm is :mod:`sane.zoo.population`.
 """
 
 from __future__ import annotations
@@ -29,20 +30,32 @@ from sane.zoo.architectures import build_model, input_shape
 from sane.zoo.config import PopulationConfig, enumerate_models
 from sane.zoo.group_training import TrainingData, finish_group, start_epoch, train_group
 from sane.zoo.population import is_stackable, model_layout
+from sane.zoo.ray_backend import require_ray, run_on_ray
 from sane.zoo.storage import MANIFEST, ModelEntry, Zoo, make_split
 from sane.zoo.workers import run_in_workers
 
 CONFIG_KEY = "population"
+BACKENDS = ("local", "ray")
 
 
-def train_population(config: PopulationConfig, out: str | Path, *, progress: bool = True) -> Zoo:
+def train_population(config: PopulationConfig, out: str | Path, *, progress: bool = True,
+                     backend: str = "local", address: str | None = None) -> Zoo:
     """Train the population ``config`` into the zoo directory ``out`` and return the zoo.
 
     When ``out`` already holds a zoo of the same config, training continues where it stopped
     (a finished zoo is returned as is); a zoo of another config raises
-    :class:`~sane.errors.ConfigError`. With ``config.workers > 1``, groups of models train in
-    that many processes.
+    :class:`~sane.errors.ConfigError`. With the ``"local"`` backend and ``config.workers > 1``,
+    groups of models train in that many processes; the ``"ray"`` backend trains each group as
+    a Ray task, on a local Ray instance or on the cluster at ``address``
+    (:mod:`sane.zoo.ray_backend`). Both backends write the same zoo.
     """
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if address is not None and backend != "ray":
+        raise ConfigError(f"an address ({address!r}) is for the ray backend; "
+                          "add --backend ray or drop --address")
+    if backend == "ray":
+        require_ray()  # before anything is written
     out = Path(out)
     entries = enumerate_models(config)
     zoo = _open_existing(out, config, entries)
@@ -74,7 +87,9 @@ def train_population(config: PopulationConfig, out: str | Path, *, progress: boo
             bar.update(min(model_epochs, bar.total - bar.n))
 
         workers = min(config.workers, len(tasks))
-        if workers > 1:
+        if backend == "ray":
+            run_on_ray(zoo.path, config, data, tasks, report, address)
+        elif workers > 1:
             run_in_workers(zoo.path, config, data, tasks, workers, report)
         else:
             with _threads(config.threads):
