@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--models", type=int, help="override the number of models")
     train.add_argument("--epochs", type=int, help="override the number of epochs")
     train.add_argument("--train-size", type=int, help="override the number of training images")
-    train.add_argument("--backend", choices=["local", "ray"], default="local",
+    train.add_argument("--backend", choices=["local", "ray"],
                        help="where groups of models train: this machine's processes (default) "
                        "or Ray tasks (needs `pip install 'sane[ray]'`)")
     train.add_argument("--address", metavar="ADDR",
@@ -65,7 +65,8 @@ def _train(args: argparse.Namespace) -> None:
 
     config = load_config(args.config, **given(models=args.models, epochs=args.epochs,
                                               train_size=args.train_size))
-    zoo = train_population(config, args.out, backend=args.backend, address=args.address)
+    zoo = train_population(config, args.out, **given(backend=args.backend,
+                                                     address=args.address))
     print(f"zoo with {len(zoo.models)} models written to {zoo.path}")
 
 
