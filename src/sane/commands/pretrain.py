@@ -12,7 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Pretrain SANE on the training split of a token store (masked "
         "reconstruction + NT-Xent of an aligned and a permuted view), validating on the "
         "validation split after every epoch. Rerunning the same command resumes an "
-        "interrupted run from its last finished epoch.",
+        "interrupted run from its last finished epoch. Under `torchrun --nproc-per-node N -m "
+        "sane pretrain ...` the N processes share every batch (data parallel; gloo on CPU, "
+        "NCCL on CUDA).",
     )
     pretrain.add_argument("store", type=Path, help="token store (from `sane prepare`)")
     pretrain.add_argument("--out", required=True, type=Path, help="run directory")
@@ -24,15 +26,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
     pretrain.add_argument("--seed", type=int, help="seed of initialization and windows (default 0)")
     pretrain.add_argument("--device", help="torch device, e.g. cpu (default) or cuda")
+    pretrain.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                          help="bf16 autocast or fp32; auto (default): bf16 where the device "
+                          "computes it natively")
     pretrain.set_defaults(handler=_pretrain)
 
 
 def _pretrain(args: argparse.Namespace) -> None:
     from sane.train import load_pretrain_config, pretrain
+    from sane.train.distributed import environment_ranks
 
     config = load_pretrain_config(args.config, preset=args.preset, epochs=args.epochs,
                                   batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                  device=args.device)
+                                  device=args.device, precision=args.precision)
     pretrain(args.store, args.out, config)
+    if not environment_ranks().main:
+        return
     print((args.out / "report.md").read_text().rstrip().splitlines()[-1])
     print(f"model: {args.out} (sane.SANE.from_pretrained), report: {args.out / 'report.md'}")

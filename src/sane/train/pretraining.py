@@ -11,10 +11,11 @@ each view is reconstructed from its own latents. AdamW (weight decay on matrices
 one-cycle schedule stepped every batch, as in the published recipe.
 
 The run directory (claimed, saved after every epoch, resumed, self-contained) is
-:mod:`sane.train.run_dir`; its reports are :mod:`sane.train.report`.
+:mod:`sane.train.run_dir`; its reports are :mod:`sane.train.report`. Under ``torchrun`` the
+processes share every batch (:mod:`sane.train.distributed`).
 
-Same store, config and seed give the same weights bit for bit on CPU, and a run resumed after
-an interruption ends with the weights of an uninterrupted run.
+Same store, config, seed and number of processes give the same weights bit for bit on CPU, and
+a run resumed after an interruption ends with the weights of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -33,9 +34,17 @@ from tqdm.auto import tqdm
 from sane.downstream.features import sane_embeddings
 from sane.downstream.ood import OODReference
 from sane.errors import ConfigError, FormatError
-from sane.model.losses import sane_loss, squared_sums
-from sane.model.sane import SANE, describe
+from sane.model.losses import nt_xent, squared_sums
+from sane.model.sane import SANE, SANEConfig, describe
 from sane.train.config import PretrainConfig, model_config
+from sane.train.distributed import (
+    Ranks,
+    barrier,
+    environment_ranks,
+    gather_rows,
+    process_group,
+    total,
+)
 from sane.train.fidelity import reconstruction_report
 from sane.train.run_dir import claim, resume, run_record, save_epoch
 from sane.train.windows import WindowBatch, WindowConfig, WindowSampler
@@ -69,14 +78,18 @@ def pretrain(
     """Pretrain SANE on the token store at ``store_path`` (or the store set of a mixed zoo:
     windows are drawn across its layouts) into the run directory ``out``.
 
-    Resumes from ``out`` when it holds an unfinished run with the same store and config; a
-    finished one is returned as is; another config raises :class:`ConfigError`.
+    Resumes from ``out`` when it holds an unfinished run with the same store, config and
+    number of processes; a finished one is returned as is; another config raises
+    :class:`ConfigError`. Started by ``torchrun``, the processes train one model together
+    (:mod:`sane.train.distributed`) and each returns it; rank 0 writes the run.
     """
     store, out = open_store(store_path), Path(out)
     stores = store.layouts
     config = PretrainConfig() if config is None else config
     shape = model_config(config, store)
-    device = _device(config.device)
+    ranks = environment_ranks()
+    ranks.check_batch(config.batch_size)
+    device = _device(config.device, ranks)
     if config.precision == "auto":
         config = dataclasses.replace(config, precision="bf16" if bf16_hardware(device)
                                      else "fp32")
@@ -95,44 +108,66 @@ def pretrain(
         raise ConfigError(f"{store.path}: {len(train.rows)} training checkpoints × "
                           f"{windows.windows_per_checkpoint} windows make no full batch of "
                           f"{config.batch_size}; lower batch_size")
-    val = _validation_sampler(store, windows, config.seed)
-    claim(out, run_record(out, store, config.to_dict(), shape.to_dict()))
-    for k, s in enumerate(stores):  # the run embeds new models without its store
-        s.tokenizer.save_pretrained(out if len(stores) == 1 else out / "layouts" / str(k))
+    with process_group(ranks, device):
+        return _run(store, train, out, config, shape, device, ranks, progress=progress)
+
+
+def _run(store: TokenStore | StoreSet, train: WindowSampler, out: Path, config: PretrainConfig,
+         shape: SANEConfig, device: torch.device, ranks: Ranks, *, progress: bool
+         ) -> PretrainResult:
+    """The training of :func:`pretrain` in this process (one of ``ranks``)."""
+    stores = store.layouts
+    if ranks.main:
+        claim(out, run_record(out, store, config.to_dict(), shape.to_dict(), ranks.world_size))
+        for k, s in enumerate(stores):  # the run embeds new models without its store
+            s.tokenizer.save_pretrained(out if len(stores) == 1 else out / "layouts" / str(k))
+    barrier(ranks)
 
     model = SANE(shape, seed=config.seed).to(device)
+    trained = model
+    if ranks.distributed:
+        trained = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = _optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.epochs * len(train), pct_start=0.3)
-    history = resume(out, model, optimizer, scheduler)
+    history = resume(out, model, optimizer, scheduler, write=ranks.main)
+    progress = progress and ranks.main
     if progress and not history:
         print(describe(model))
+    val = _validation_sampler(store, train.config, config.seed) if ranks.main else None
 
     bar = tqdm(total=config.epochs * len(train), initial=len(history) * len(train),
                desc="pretraining", unit="step", disable=not progress)
     for epoch in range(len(history) + 1, config.epochs + 1):
         start = time.perf_counter()
-        # A private RNG per epoch (dropout), so a resumed run draws what an uninterrupted would.
+        # A private RNG per epoch and rank (dropout), so a resumed run draws what an
+        # uninterrupted would.
         with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
-            torch.manual_seed(config.seed * 1_000_003 + epoch)
+            torch.manual_seed(config.seed * 1_000_003 + epoch + ranks.rank * 7_919)
             record = {"epoch": epoch, "lr": scheduler.get_last_lr()[0]}
-            record |= _train_epoch(model, train.epoch(epoch), optimizer, scheduler, config,
-                                   device, bar, epoch)
-        if val is not None:
-            record |= _evaluate(model, val, config, device)
-        record["seconds"] = time.perf_counter() - start
-        record |= _whole_models(model, stores, config, final=epoch == config.epochs)
+            record |= _train_epoch(trained, train.epoch(epoch), optimizer, scheduler, config,
+                                   device, ranks, bar, epoch)
+        if ranks.main:
+            if val is not None:
+                record |= _evaluate(model, val, config, device)
+            record["seconds"] = time.perf_counter() - start
+            record |= _whole_models(model, stores, config, final=epoch == config.epochs)
+            save_epoch(out, model, optimizer, scheduler, [*history, record])
         history.append(record)
-        save_epoch(out, model, optimizer, scheduler, history)
+        barrier(ranks)
     bar.close()
-    if not (out / "ood.json").is_file():
+    if ranks.main and not (out / "ood.json").is_file():
         _ood_reference(model, stores).save(out)
+    barrier(ranks)
     return PretrainResult(model.eval(), history, out)
 
 
-def _device(name: str) -> torch.device:
+ONE_PROCESS = Ranks()
+
+
+def _device(name: str, ranks: Ranks) -> torch.device:
     try:
-        device = torch.device(name)
+        device = ranks.device(name)
     except RuntimeError as error:
         raise ConfigError(f"pretrain device {name!r} is not a torch device ({error})") from error
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -172,37 +207,56 @@ def _optimizer(model: SANE, config: PretrainConfig) -> torch.optim.AdamW:
                               {"params": vectors, "weight_decay": 0.0}], lr=config.lr)
 
 
-def _step_loss(model: SANE, batch: WindowBatch, config: PretrainConfig, device: torch.device
-               ) -> dict[str, torch.Tensor]:
-    """Losses of one batch of two-view windows: ``tokens [2, B, W, d_t]``."""
-    tokens = batch.tokens.to(device)
+def _step_loss(model: torch.nn.Module, batch: WindowBatch, config: PretrainConfig,
+               device: torch.device, ranks: Ranks = ONE_PROCESS
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(to_backpropagate, losses)`` of one batch of two-view windows ``tokens [2, B, W, d_t]``
+    of which this rank computes its share: the losses (detached) are the whole batch's;
+    ``to_backpropagate`` is ``world_size`` times this rank's part of the whole batch's loss
+    (its squared errors over all ranks' count of real values; NT-Xent over all ranks'
+    projections, only its own carrying gradients), which the gradient averaging of
+    distributed data parallel turns into the gradient of the whole batch's loss. For one
+    process, both are the loss ``(1 - gamma) · masked MSE + gamma · NT-Xent``."""
+    share = ranks.share(batch.tokens.shape[1])
+    tokens = batch.tokens[:, share].to(device)
     views, b = tokens.shape[:2]
-    positions = batch.positions.to(device).repeat(views, 1, 1)
+    positions = batch.positions[share].to(device).repeat(views, 1, 1)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
         _, reconstruction, projection = model(tokens.flatten(0, 1), positions)
     reconstruction = reconstruction.float().view_as(tokens)
-    mask = batch.mask.to(device)
-    losses = sane_loss(reconstruction, tokens, mask,
-                       (projection[:b].float(), projection[b:].float()),
-                       gamma=config.gamma, temperature=config.temperature)
+    mask = batch.mask[share].to(device)
+    errors = ((reconstruction - tokens) ** 2 * mask.expand_as(tokens)).sum()
+    count = total(mask.expand_as(tokens).sum(), ranks)
+    if count == 0:
+        raise FormatError("the mask selects no real values")
+    contrast = nt_xent(gather_rows(projection[:b].float(), ranks),
+                       gather_rows(projection[b:].float(), ranks), config.temperature)
+    reconstruction_loss = errors / count
+    to_backpropagate = (1 - config.gamma) * reconstruction_loss + config.gamma * contrast
+    if ranks.distributed:
+        to_backpropagate = ranks.world_size * to_backpropagate
+        reconstruction_loss = total(errors, ranks) / count
+    losses = {"reconstruction": reconstruction_loss.detach(), "contrast": contrast.detach()}
+    losses["loss"] = (1 - config.gamma) * losses["reconstruction"] + config.gamma * losses[
+        "contrast"]
     # R² against the clean windows: what the model is meant to recover.
-    losses["sse"], losses["sst"] = squared_sums(reconstruction.detach(),
-                                                batch.clean.to(device), mask)
-    return losses
+    sse, sst = squared_sums(reconstruction.detach(), batch.clean[:, share].to(device), mask)
+    losses["sse"], losses["sst"] = total(sse, ranks), total(sst, ranks)
+    return to_backpropagate, losses
 
 
-def _train_epoch(model: SANE, batches: Any, optimizer: torch.optim.Optimizer,
-                 scheduler: Any, config: PretrainConfig, device: torch.device, bar: tqdm,
-                 epoch: int) -> dict[str, float]:
+def _train_epoch(model: torch.nn.Module, batches: Any, optimizer: torch.optim.Optimizer,
+                 scheduler: Any, config: PretrainConfig, device: torch.device, ranks: Ranks,
+                 bar: tqdm, epoch: int) -> dict[str, float]:
     model.train()
     sums: dict[str, float] = {}
     for step, batch in enumerate(batches, 1):
-        losses = _step_loss(model, batch, config, device)
+        to_backpropagate, losses = _step_loss(model, batch, config, device, ranks)
         if not torch.isfinite(losses["loss"]):
             raise FormatError(f"pretraining diverged: the loss is {losses['loss'].item()} at "
                               f"epoch {epoch}, step {step}; lower lr (now {config.lr})")
         optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        to_backpropagate.backward()
         optimizer.step()
         scheduler.step()
         _accumulate(sums, losses)
@@ -217,7 +271,7 @@ def _evaluate(model: SANE, sampler: WindowSampler, config: PretrainConfig,
     model.eval()
     sums: dict[str, float] = {}
     for batch in sampler.epoch(0):
-        _accumulate(sums, _step_loss(model, batch, config, device))
+        _accumulate(sums, _step_loss(model, batch, config, device)[1])
     return _means(sums, "val")
 
 

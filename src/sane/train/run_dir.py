@@ -5,8 +5,9 @@ after every epoch, resumed from the last finished epoch, and self-contained.
 
     RUN/
       run.json              format, the resolved pretraining and model config, the store's
-                            fingerprint (a rerun must match all of them) and, as provenance
-                            only, the store and its zoo relative to RUN
+                            fingerprint, the number of processes ``world_size`` (a rerun must
+                            match all of them) and, as provenance only, the store and its zoo
+                            relative to RUN
       training.safetensors  after every epoch: model, optimizer state; the metadata holds the
                             optimizer hyperparameters, schedule and history (one file, written
                             atomically, so a crash leaves the last finished epoch)
@@ -49,17 +50,19 @@ def store_fingerprint(store: TokenStore) -> str:
     return hashlib.sha256((store.path / STORE_MANIFEST).read_bytes()).hexdigest()[:16]
 
 
-def run_record(out: Path, store: TokenStore, pretrain: dict[str, Any], model: dict[str, Any]
-               ) -> dict[str, Any]:
-    """The content of ``run.json`` for a run in ``out`` on ``store``."""
+def run_record(out: Path, store: TokenStore, pretrain: dict[str, Any], model: dict[str, Any],
+               world_size: int = 1) -> dict[str, Any]:
+    """The content of ``run.json`` for a run in ``out`` on ``store`` by ``world_size``
+    processes."""
     return {"format": FORMAT, "version": VERSION, "pretrain": pretrain, "model": model,
-            "store_fingerprint": store_fingerprint(store),
+            "store_fingerprint": store_fingerprint(store), "world_size": world_size,
             "store": _relative(store.path, out), "zoo": _relative(store.zoo_path, out)}
 
 
 def claim(out: Path, record: dict[str, Any]) -> None:
     """Write ``run.json`` in a new run directory, or check that an existing one was made with
-    the same config and store (the paths may differ: the run or the store may have moved)."""
+    the same config, store and number of processes (the paths may differ: the run or the
+    store may have moved)."""
     file = out / RUN_FILE
     if file.is_file():
         existing = atomic.read_manifest(file, FORMAT, VERSION)
@@ -67,6 +70,14 @@ def claim(out: Path, record: dict[str, Any]) -> None:
         if any(existing.get(k) != json.loads(json.dumps(record[k])) for k in same):
             raise ConfigError(f"{out} holds a run with another store or config (see {file}); "
                               "choose another --out or remove it")
+        before = existing.get("world_size", 1)  # runs written before it was recorded: one
+        if before != record["world_size"]:
+            raise ConfigError(
+                f"{out} was pretrained by {before} process(es) and cannot resume with "
+                f"{record['world_size']}: each process computes its share of every batch, so "
+                f"the weights depend on their number; resume with `torchrun --nproc-per-node "
+                f"{before}`" + (" (or without torchrun)" if before == 1 else "")
+                + " or choose another --out")
         return
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists and is not a pretraining run; choose another --out")
@@ -107,7 +118,7 @@ def _relative(path: Path, start: Path) -> str:
 
 
 def save_epoch(out: Path, model: SANE, optimizer: torch.optim.Optimizer, scheduler: Any,
-          history: list[dict[str, Any]]) -> None:
+               history: list[dict[str, Any]]) -> None:
     """The training state of a finished epoch in one atomic file, then the model and the
     reports (which a rerun rewrites from the state if a crash came between)."""
     optim = optimizer.state_dict()
@@ -121,10 +132,11 @@ def save_epoch(out: Path, model: SANE, optimizer: torch.optim.Optimizer, schedul
     write_reports(out, history)
 
 
-def resume(out: Path, model: SANE, optimizer: torch.optim.Optimizer, scheduler: Any
-            ) -> list[dict[str, Any]]:
+def resume(out: Path, model: SANE, optimizer: torch.optim.Optimizer, scheduler: Any, *,
+           write: bool = True) -> list[dict[str, Any]]:
     """Load the state of the last finished epoch into model, optimizer and schedule; returns
-    the history so far (empty for a new run)."""
+    the history so far (empty for a new run). With ``write``, rewrites the model and reports
+    from that state (a crash may have come between them)."""
     from safetensors import SafetensorError, safe_open
 
     file = out / STATE_FILE
@@ -150,6 +162,7 @@ def resume(out: Path, model: SANE, optimizer: torch.optim.Optimizer, scheduler: 
         history = list(meta["history"])
     except (KeyError, ValueError, TypeError) as error:
         raise FormatError(f"{file}: training state does not fit this run ({error})") from error
-    write_reports(out, history)
-    model.save_pretrained(out)
+    if write:
+        write_reports(out, history)
+        model.save_pretrained(out)
     return history
