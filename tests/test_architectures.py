@@ -22,6 +22,8 @@ CASES = [
     (ArchConfig(name="resnet_s_deep"), (2, 1, 28, 28), 5_122 + 1_184 + 2 * 2_304 + 64),
     (ArchConfig(name="resnet18", in_channels=3, input_size=32), (1, 3, 32, 32), 11_173_962),
     (ArchConfig(name="resnet34", in_channels=3, input_size=32), (1, 3, 32, 32), 21_282_122),
+    (ArchConfig(name="resnet50", in_channels=3, input_size=32), (1, 3, 32, 32), 23_520_842),
+    (ArchConfig(name="resnet101", in_channels=3, input_size=32), (1, 3, 32, 32), 42_512_970),
     (ArchConfig(name="resnet18", in_channels=3, num_classes=100), (1, 3, 32, 32), 11_220_132),
 ]
 
@@ -57,6 +59,43 @@ def test_resnet_uses_torchvision_keys():
                 "layer2.0.downsample.0.weight", "layer4.1.bn2.num_batches_tracked", "fc.bias"):
         assert key in keys
     assert "layer1.0.downsample.0.weight" not in keys
+
+
+def test_bottleneck_follows_torchvision_v1_5():
+    model = build_model(ArchConfig(name="resnet50", in_channels=3, input_size=32))
+    keys = model.state_dict().keys()
+    for key in ("layer1.0.conv3.weight", "layer1.0.bn3.running_var", "layer1.0.downsample.0.weight",
+                "layer4.2.bn3.bias", "fc.weight"):
+        assert key in keys
+    assert "layer1.1.downsample.0.weight" not in keys
+    first = model.layer2[0]  # the stride sits on the 3×3 convolution (v1.5), not the 1×1
+    assert (first.conv1.stride, first.conv2.stride, first.conv3.stride) == ((1, 1), (2, 2), (1, 1))
+    assert first.conv1.kernel_size == (1, 1) and first.conv2.kernel_size == (3, 3)
+    assert model.fc.in_features == 2048
+    assert len(build_model(ArchConfig(name="resnet101", in_channels=3)).layer3) == 23
+
+
+def test_bottleneck_resnet_permutations_keep_its_function():
+    # The residual stream of each stage (conv3 outputs and the downsample) shares one
+    # permutation; the two inner widths of every block have their own. Float64, since the
+    # uniform init makes float32 activations too large to compare tightly.
+    from sane.weights import apply_permutation, permutation_spec, random_permutation
+
+    model = build_model(ArchConfig(name="resnet50", in_channels=3, input_size=32,
+                                   init="kaiming_normal"), seed=0).double().eval()
+    generator = torch.Generator().manual_seed(0)
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.weight.data.normal_(generator=generator)
+        bn.running_var.uniform_(0.5, 2, generator=generator)
+    spec = permutation_spec(model)
+    assert len(spec.sizes) == 1 + 4 + 2 * (3 + 4 + 6 + 3)  # stem, 4 streams, 2 per block
+    assert spec.axes["layer1.0.conv3.weight"][0] == spec.axes["layer1.1.conv1.weight"][1]
+    x = torch.randn(2, 3, 8, 8, generator=generator, dtype=torch.float64)  # 8×8: fast
+    with torch.no_grad():
+        expected = model(x)
+        state = model.state_dict()
+        model.load_state_dict(apply_permutation(state, spec, random_permutation(spec, generator)))
+        torch.testing.assert_close(model(x), expected)
 
 
 def test_initialization_follows_model_zoos():

@@ -3,8 +3,9 @@
 The small CNNs reproduce the Model Zoos definitions (Schürholt et al., 2022) layer for layer,
 including their state-dict keys (``module_list.<i>.weight``), so that published checkpoints load
 directly: CNN-s inserts dropout modules only when ``dropout > 0`` (which shifts the indices),
-CNN-l always has them. ResNets use torchvision's key names with a CIFAR stem (3×3 stride-1
-convolution, no max-pool).
+CNN-l always has them. ResNets (basic blocks for 18/34, bottleneck blocks for 50/101) use
+torchvision's key names with a CIFAR stem (3×3 stride-1 convolution, no max-pool); their
+parameter counts are the usual CIFAR figures (e.g. kuangliu/pytorch-cifar).
 
 Initialization follows Model Zoos: the chosen scheme for every convolution and linear weight
 (``uniform`` is U(0, 1) and ``normal`` N(0, 1), as there), biases 0.01, batch-norm defaults.
@@ -271,20 +272,19 @@ def _no_dropout(c: ArchConfig) -> None:
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block: two 3×3 convolutions with batch-norm and a residual connection."""
+    """ResNet basic block: two 3×3 convolutions with batch-norm and a residual connection;
+    ``c_in`` channels in, ``planes`` out (expansion 1)."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int, act: Callable[[], nn.Module]) -> None:
+    expansion = 1
+
+    def __init__(self, c_in: int, planes: int, stride: int, act: Callable[[], nn.Module]) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv1 = nn.Conv2d(c_in, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
         self.relu = act()
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or c_in != c_out:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
-            )
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = _shortcut(c_in, planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -293,10 +293,51 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet(nn.Module):
-    """CIFAR-style ResNet with torchvision's state-dict keys (``conv1``, ``layer1.0.bn2``...)."""
+class Bottleneck(nn.Module):
+    """ResNet bottleneck block (torchvision v1.5): 1×1 down to ``planes`` channels, 3×3 with
+    the stride, 1×1 up to ``4 · planes``, each with batch-norm, and a residual connection."""
 
-    def __init__(self, blocks: tuple[int, ...], c: ArchConfig, base: int = 64) -> None:
+    expansion = 4
+
+    def __init__(self, c_in: int, planes: int, stride: int, act: Callable[[], nn.Module]) -> None:
+        super().__init__()
+        c_out = planes * self.expansion
+        self.conv1 = nn.Conv2d(c_in, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, c_out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c_out)
+        self.relu = act()
+        self.downsample = _shortcut(c_in, c_out, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Module | None:
+    """The projection shortcut (1×1 convolution + batch-norm, torchvision's ``downsample``)
+    where the block changes shape, else ``None`` (identity)."""
+    if stride == 1 and c_in == c_out:
+        return None
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+
+ResidualBlock = type[BasicBlock] | type[Bottleneck]
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet with torchvision's state-dict keys (``conv1``, ``layer1.0.bn2``...):
+    ``blocks[i]`` blocks of type ``block`` in stage ``i``, of width ``base · c.width · 2^i``
+    (times the block's expansion at its output); the first block of every stage after the
+    first has stride 2."""
+
+    def __init__(self, blocks: tuple[int, ...], c: ArchConfig, base: int = 64,
+                 block: ResidualBlock = BasicBlock) -> None:
         super().__init__()
         _no_dropout(c)
         act = ACTIVATIONS[c.activation]
@@ -305,11 +346,12 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = act()
         c_in = widths[0]
-        for i, (n, c_out) in enumerate(zip(blocks, widths)):
-            layer = [BasicBlock(c_in if j == 0 else c_out, c_out, 1 if i == 0 or j else 2, act)
-                     for j in range(n)]
+        for i, (n, planes) in enumerate(zip(blocks, widths)):
+            layer = []
+            for j in range(n):
+                layer.append(block(c_in, planes, 1 if i == 0 or j else 2, act))
+                c_in = planes * block.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
-            c_in = c_out
         self.stages = len(blocks)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c_in, c.num_classes)
@@ -337,12 +379,27 @@ def resnet_s_deep(c: ArchConfig) -> nn.Module:
 
 @register("resnet18")
 def resnet18(c: ArchConfig) -> nn.Module:
-    """ResNet-18 (11,173,962 parameters for 3 channels and 10 classes)."""
+    """ResNet-18: basic blocks (2, 2, 2, 2); 11,173,962 parameters for 3 channels and 10
+    classes."""
     return ResNet((2, 2, 2, 2), c)
-
 
 
 @register("resnet34")
 def resnet34(c: ArchConfig) -> nn.Module:
-    """ResNet-34 (21,282,122 parameters for 3 channels and 10 classes)."""
+    """ResNet-34: basic blocks (3, 4, 6, 3); 21,282,122 parameters for 3 channels and 10
+    classes."""
     return ResNet((3, 4, 6, 3), c)
+
+
+@register("resnet50")
+def resnet50(c: ArchConfig) -> nn.Module:
+    """ResNet-50: bottleneck blocks (3, 4, 6, 3); 23,520,842 parameters for 3 channels and 10
+    classes."""
+    return ResNet((3, 4, 6, 3), c, block=Bottleneck)
+
+
+@register("resnet101")
+def resnet101(c: ArchConfig) -> nn.Module:
+    """ResNet-101: bottleneck blocks (3, 4, 23, 3); 42,512,970 parameters for 3 channels and 10
+    classes."""
+    return ResNet((3, 4, 23, 3), c, block=Bottleneck)
