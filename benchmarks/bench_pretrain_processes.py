@@ -68,8 +68,8 @@ def child(store: str, out: str, preset: str, epochs: int, batch: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--models", type=int, default=40)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--models", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch", type=int, default=32, help="global batch (windows per step)")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)

@@ -21,11 +21,14 @@ class IdentityAutoencoder:
     def decode_sequence(self, z, positions):
         return z.clone()
 
+    def decode_pieces(self, z, positions):
+        """Each model's tokens as one piece: ``(i, 0, tokens [N, d_t])``."""
+        return ((i, 0, z[i].clone()) for i in range(len(z)))
 
 
 class IdentitySANE:
     """``SANE.from_pretrained`` stand-in whose model is :class:`IdentityAutoencoder`."""
 
     @staticmethod
-    def from_pretrained(path):
+    def from_pretrained(path, **options):
         return IdentityAutoencoder(201)

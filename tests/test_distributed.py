@@ -99,8 +99,8 @@ def test_ranks_from_the_environment_and_batch_shares(monkeypatch):
     ranks = environment_ranks()
     assert ranks == Ranks(2, 4, 0) and not ranks.main and ranks.distributed
     assert ranks.share(32) == slice(16, 24)
-    assert ranks.device("cuda") == torch.device("cuda", 0)
-    assert ranks.device("cpu") == torch.device("cpu")
+    assert ranks.device(torch.device("cuda")) == torch.device("cuda", 0)
+    assert ranks.device(torch.device("cpu")) == torch.device("cpu")
     with pytest.raises(ConfigError, match="batch_size 30 does not split over 4 processes"):
         ranks.check_batch(30)
     monkeypatch.setenv("RANK", "4")

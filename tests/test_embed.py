@@ -20,7 +20,9 @@ from sane.model import SANE
 from sane.pipeline import Pipeline
 from sane.train import PretrainConfig, pretrain
 from sane.train.config import model_config
+from sane.weights import apply_permutation, weight_matching
 from sane.weights.store import StoreSettings, TokenStore, prepare_store
+from sane.weights.tokenize import tokenize_into
 from sane.weights.tokenizer import Tokenizer
 from sane.zoo import ArchConfig, Zoo, build_model
 
@@ -128,6 +130,23 @@ def test_a_tokenizer_fitted_on_a_zoo_is_the_store_s(trained_store):
     assert torch.equal(fitted.encode(state), store.encode(state))
     plain = Tokenizer.fit(trained_store.zoo_path, epochs=[3])
     assert plain.reference is None and plain.standardization != store.standardization
+
+
+def test_a_tokenizer_makes_any_range_of_its_tokens_and_decodes_pieces(trained_store):
+    tokenizer = trained_store.tokenizer
+    state = tokenizer.canonical(Zoo.open(trained_store.zoo_path).load_checkpoint("m0003", 2))
+    # The tokens made whole, step by step: align, standardize every entry, tokenize.
+    perms = weight_matching(tokenizer.spec, tokenizer.reference, state, seed=tokenizer.seed)
+    aligned = apply_permutation(state, tokenizer.spec, perms)
+    expected = torch.empty(tokenizer.manifest.num_tokens, tokenizer.manifest.token_size)
+    tokenize_into(tokenizer.standardization.apply(aligned), tokenizer.manifest, expected)
+    assert torch.equal(tokenizer.encode(state), expected)
+    read, n = tokenizer.reader(state), tokenizer.manifest.num_tokens
+    cuts = [(0, 5), (5, 17), (17, n)]
+    for start, stop in cuts:
+        assert torch.equal(read(start, stop), expected[start:stop])
+    pieces = [(start, expected[start:stop]) for start, stop in reversed(cuts)]
+    _assert_equal(tokenizer.decode_pieces(pieces), tokenizer.decode(expected))
 
 
 def test_keys_shifted_by_dropout_are_renamed_and_bad_files_refused(trained_store, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from hypothesis import given
@@ -9,7 +11,9 @@ from hypothesis import strategies as st
 
 from sane.errors import ConfigError, FormatError
 from sane.model import SANE, SANEConfig
-from sane.model.halo import halo_chunks, haloed
+from sane.model.halo import Sequences, halo_chunks, haloed, haloed_pieces
+from sane.weights import detokenize, tokenize
+from sane.weights.tokenize import detokenize_pieces
 
 CONFIG = SANEConfig(token_size=5, max_positions=(64, 4, 16), d_model=16, n_heads=2,
                     n_layers=1, d_latent=3, window_size=8)
@@ -68,6 +72,55 @@ def test_batch_size_and_decode_and_embed():
         torch.testing.assert_close(model.encode_sequence(tokens, positions, batch_size=1), z)
         assert model.decode_sequence(z, positions).shape == (3, 41, 5)
         torch.testing.assert_close(model.embed(tokens, positions), z.mean(dim=1))
+
+
+def test_sequences_read_on_demand_give_the_same_bits_and_stream_in_bounded_reads():
+    model = SANE(CONFIG).eval()
+    tokens, positions = _sequence(3, 57, seed=2)
+    reads = []
+
+    def read(i, start, stop):
+        reads.append((i, start, stop))
+        return tokens[i, start:stop].clone()
+
+    with torch.no_grad():
+        expected = model.encode_sequence(tokens, positions, window=6, halo=2, batch_size=4)
+        lazy = model.encode_sequence(Sequences(3, 57, read), positions, window=6, halo=2,
+                                     batch_size=4)
+        assert torch.equal(lazy, expected)
+        embedded = model.embed(Sequences(3, 57, read), positions, window=6, halo=2,
+                               batch_size=4)
+        assert torch.equal(embedded, expected.mean(dim=1))
+    # One read per sequence per batch of 4 spans of 10 tokens: at most 3·6 + 10 tokens.
+    assert max(stop - start for _, start, stop in reads) <= 3 * 6 + 10
+    assert {i for i, _, _ in reads} == {0, 1, 2}
+
+
+def test_pieces_stream_the_sequence_in_order():
+    x = torch.randn(2, 23, 4)
+    n = torch.arange(23)
+    positions = torch.stack([n, n % 4, n % 7], -1)
+    pieces = [(i, start, y.clone()) for i, start, y in
+              haloed_pieces(lambda s, p: s * 2, x, positions, window=5, halo=3, batch_size=3)]
+    assert [(i, start) for i, start, _ in pieces] == [(i, s) for i in (0, 1)
+                                                      for s in range(0, 23, 5)]
+    for i, start, y in pieces:
+        assert torch.equal(y, 2 * x[i, start : start + len(y)])
+
+
+def test_decoded_pieces_detokenize_like_the_whole_decoded_sequence():
+    model = SANE(CONFIG).eval()
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    tokens = tokenize(net.state_dict(), 5)  # rows of 5 and 4 values: 5 tokens
+    positions = tokens.positions
+    z = torch.randn(2, 5, 3)
+    with torch.no_grad():
+        whole = model.decode_sequence(z, positions, window=2, halo=1)
+        pieces = model.decode_pieces(z, positions, window=2, halo=1)
+        for i, own in itertools.groupby(pieces, key=lambda piece: piece[0]):
+            state = detokenize_pieces(((start, y) for _, start, y in own), tokens.manifest)
+            expected = detokenize(whole[i], tokens.manifest)
+            assert all(torch.equal(state[k], expected[k]) for k in expected)
 
 
 def test_bad_haloing_arguments():

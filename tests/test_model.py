@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from sane.errors import ConfigError, FormatError
 from sane.model import SANE, SANEConfig, masked_mse, nt_xent, sane_loss, squared_sums
+from sane.model.sane import inference_precision
 
 CONFIG = SANEConfig(token_size=7, max_positions=(40, 5, 9), d_model=32, n_heads=4,
                     n_layers=2, d_latent=6, window_size=10, projection_dim=5)
@@ -93,6 +94,34 @@ def test_save_and_from_pretrained_round_trip(tmp_path):
     with torch.no_grad():
         for a, b in zip(model(tokens, positions), loaded(tokens, positions)):
             assert torch.equal(a, b)
+
+
+def test_whole_model_methods_run_in_the_model_s_precision(tmp_path):
+    model = SANE(CONFIG, seed=3).eval()
+    tokens, positions = windows(2, 37)
+    with torch.no_grad():
+        fp32 = model.encode_sequence(tokens, positions[0])
+        model.precision = "bf16"  # autocast: bfloat16 matmuls, float32 out
+        bf16 = model.encode_sequence(tokens, positions[0])
+        decoded = model.decode_sequence(bf16, positions[0])
+    assert bf16.dtype == decoded.dtype == torch.float32
+    assert not torch.equal(bf16, fp32)
+    torch.testing.assert_close(bf16, fp32, rtol=0.05, atol=0.05)
+    model.precision = "fp16"
+    with pytest.raises(ConfigError, match=r"SANE\.precision must be fp32 or bf16, got 'fp16'"):
+        model.encode_sequence(tokens, positions[0])
+
+    model.save_pretrained(tmp_path)
+    assert SANE.from_pretrained(tmp_path).precision == "fp32"  # auto on a CPU
+    assert SANE.from_pretrained(tmp_path, precision="bf16").precision == "bf16"
+    assert inference_precision("auto", "cpu") == "fp32"
+    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16, got 'x'"):
+        SANE.from_pretrained(tmp_path, precision="x")
+    with pytest.raises(ConfigError, match="'gpu' is not a torch device"):
+        SANE.from_pretrained(tmp_path, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="device 'cuda': this torch sees no CUDA device"):
+            SANE.from_pretrained(tmp_path, device="cuda")
 
 
 def test_from_pretrained_rejects_bad_files(tmp_path):

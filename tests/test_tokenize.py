@@ -14,7 +14,7 @@ from torch import nn
 
 from sane.errors import ConfigError, FormatError
 from sane.weights import TokenManifest, detokenize, make_manifest, tokenize
-from sane.weights.tokenize import tokenize_into
+from sane.weights.tokenize import detokenize_pieces, token_reader, tokenize_into
 from sane.zoo.architectures import ArchConfig, build_model
 
 BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -195,6 +195,72 @@ def test_round_trip_and_layout_on_random_architectures(
     assert torch.equal(torch.from_numpy(into), out.tokens.double())
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    model=architectures(),
+    seed=st.integers(0, 2**31 - 1),
+    dtype=st.sampled_from(["float16", "float32", "float64", "mixed"]),
+    token_size=st.integers(1, 12),
+    data=st.data(),
+)
+def test_token_ranges_read_and_write_like_the_whole_sequence(model, seed, dtype, token_size,
+                                                              data):
+    # Ranges cut rows anywhere (tokens of up to 12 values split most rows in several).
+    sd = random_state_dict(model, seed, dtype)
+    out = tokenize(sd, token_size, model=model)
+    n = out.manifest.num_tokens
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(n - 1, 1)), max_size=8)) - {n})
+    ranges = list(zip([0, *cuts], [*cuts, n]))
+    read = token_reader(sd, out.manifest)
+    for start, stop in ranges:
+        assert_bitwise_equal(read(start, stop), out.tokens[start:stop])
+    order = data.draw(st.permutations(ranges))
+    pieces = [(start, out.tokens[start:stop]) for start, stop in order]
+    assert_state_dicts_equal(detokenize_pieces(pieces, out.manifest, out.rest), sd)
+
+
+def test_token_pieces_are_transformed_and_written_into_given_tensors():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    out = tokenize(model.state_dict(), 3)  # batch norm kept out of the tokens
+    target = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    target[1].running_mean.fill_(7.0)
+    own = target.state_dict()
+    pieces = [(0, out.tokens[:5]), (5, out.tokens[5:])]
+    written = detokenize_pieces(pieces, out.manifest, transform=lambda key, x: 2 * x + 1,
+                                out=own)
+    state = target.state_dict()
+    for key in out.manifest.tokenized_keys():
+        assert written[key] is own[key]  # the module's own tensors, filled in place
+        assert torch.equal(state[key], 2 * model.state_dict()[key] + 1), key
+    assert torch.equal(state["1.running_mean"], torch.zeros(4))  # a fresh module's, not 7
+    bad = {**own, "0.weight": torch.zeros(3, 4)}
+    with pytest.raises(FormatError, match=r"out\['0.weight'\] must be a tensor \[4, 3\] "
+                       r"torch.float32, got \[3, 4\] torch.float32"):
+        detokenize_pieces(pieces, out.manifest, out=bad)
+
+
+def test_token_pieces_must_tile_the_sequence_and_be_finite():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    out = tokenize(model.state_dict(), 3)  # rows of 4 and 5 values: 2 tokens each, 12 tokens
+    t = out.tokens
+    for pieces in ([(0, t[:5])], [(0, t[:6]), (5, t[5:])], [(0, t), (3, t[3:4])], []):
+        with pytest.raises(FormatError, match=r"cover \[0, 12\) exactly once"):
+            detokenize_pieces(pieces, out.manifest)
+    with pytest.raises(FormatError, match=r"outside \[0, 12\)"):
+        detokenize_pieces([(10, t[:5])], out.manifest)
+    with pytest.raises(FormatError, match=r"pieces must be tensors \[length, 3\]"):
+        detokenize_pieces([(0, t[:, :2])], out.manifest)
+    bad = t[6:].clone()
+    bad[2, 1] = float("inf")
+    with pytest.raises(FormatError, match=r"1 non-finite values \(first at token 8, column 1"):
+        detokenize_pieces([(0, t[:6]), (6, bad)], out.manifest)
+    with pytest.raises(FormatError, match=r"outside \[0, 12\)"):
+        token_reader(model.state_dict(), out.manifest)(4, 13)
+    broken = {**model.state_dict(), "1.bias": torch.tensor([0.0, float("nan")])}
+    with pytest.raises(FormatError, match=r"'1.bias' holds non-finite"):
+        token_reader(broken, out.manifest)
+
+
 def test_cnn_s_known_counts():
     for dropout in (0.0, 0.5):  # dropout modules shift the keys, not the tokens
         sd = build_model(ArchConfig(name="cnn_s", dropout=dropout), seed=0).state_dict()
@@ -233,6 +299,15 @@ def test_resnet18_round_trip_with_batchnorm(resnet18):
     out = tokenize(sd, 288, model=resnet18, include_batchnorm=True)
     assert out.tokens.shape == (53_524, 288)
     assert set(out.rest) == {k for k in sd if k.endswith("num_batches_tracked")}
+    assert_state_dicts_equal(detokenize(out.tokens, out.manifest, out.rest), sd)
+
+
+def test_resnet50_known_counts_and_round_trip():
+    # Bottleneck blocks: 53 convolutions + fc, every row at most 2,049 values (fc with bias).
+    model = build_model(ArchConfig(name="resnet50", in_channels=3, input_size=32), seed=0)
+    sd = model.state_dict()
+    out = tokenize(sd, 288, model=model)
+    assert out.tokens.shape == (88_656, 288) and len(out.manifest.layers) == 54
     assert_state_dicts_equal(detokenize(out.tokens, out.manifest, out.rest), sd)
 
 

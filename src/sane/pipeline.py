@@ -25,7 +25,8 @@ store tokenized them) hold a fresh module's values: condition them on data with
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from torch import nn
 from sane.downstream.sampling import kde_sample, latent_spread
 from sane.errors import ConfigError, FormatError
 from sane.model import SANE
+from sane.model.halo import Sequences
 from sane.train.run_dir import run_tokenizers
 from sane.weights.tokenizer import Tokenizer
 from sane.zoo.layout import rename_positionally
@@ -58,11 +60,14 @@ class Pipeline:
         self.tokenizers = tokenizers
 
     @classmethod
-    def from_pretrained(cls, run: str | Path, *, device: str | torch.device = "cpu"
-                        ) -> Pipeline:
+    def from_pretrained(cls, run: str | Path, *, device: str | torch.device = "cpu",
+                        precision: str = "auto") -> Pipeline:
         """The SANE and tokenizer(s) saved in the run directory ``run`` (``sane pretrain``;
-        a run on a mixed zoo's store keeps one tokenizer per layout in ``layouts/<k>``)."""
-        return cls(SANE.from_pretrained(run, device=device), run_tokenizers(run))
+        a run on a mixed zoo's store keeps one tokenizer per layout in ``layouts/<k>``); the
+        SANE computes on ``device`` in ``precision`` (``"auto"``: bf16 autocast on CUDA, fp32
+        on CPU; :func:`sane.model.sane.inference_precision`)."""
+        return cls(SANE.from_pretrained(run, device=device, precision=precision),
+                   run_tokenizers(run))
 
     def tokenizer(self, model: Model) -> Tokenizer:
         """The tokenizer that fits ``model`` (FormatError naming the first mismatch with the
@@ -87,19 +92,20 @@ class Pipeline:
         errors name the model by its index."""
         if isinstance(models, (nn.Module, Mapping)) or not len(models):
             raise ConfigError("give a non-empty list of models (modules or state dicts)")
-        device = next(self.model.parameters()).device
-        encoded: dict[int, list[tuple[int, torch.Tensor]]] = {}  # tokenizer -> (model, tokens)
+        # tokenizer -> [(model, its token reader)]: tokens are made span by span as haloing
+        # reads them, never a model's whole sequence [N, d_t]
+        encoded: dict[int, list[tuple[int, Callable[[int, int], torch.Tensor]]]] = {}
         for i, m in enumerate(models):
             try:
                 k = self._fitting(m)
-                encoded.setdefault(k, []).append((i, self.tokenizers[k].encode(_state(m))))
+                encoded.setdefault(k, []).append((i, self.tokenizers[k].reader(_state(m))))
             except FormatError as error:
                 raise FormatError(f"model {i}: {error}") from error
         out: list[torch.Tensor] = [torch.empty(0)] * len(models)
         for k, group in encoded.items():  # one haloed pass per layout
-            positions = self.tokenizers[k].manifest.positions()
-            tokens = torch.stack([t for _, t in group]).to(device)
-            latents = self.model.encode_sequence(tokens, positions).cpu().float()
+            manifest = self.tokenizers[k].manifest
+            tokens = _sequences([read for _, read in group], manifest.num_tokens)
+            latents = self.model.encode_sequence(tokens, manifest.positions()).cpu().float()
             for (i, _), z in zip(group, latents):
                 out[i] = z
         return out
@@ -127,29 +133,39 @@ class Pipeline:
         if len({z.shape for z in latents}) != 1:
             raise ConfigError("sample around prompts of one architecture at a time")
         bank = torch.stack(latents)
+        del latents  # views of the encoder's output: one copy of the latents is enough
         noise_std = bandwidth * (latent_spread(bank) if relative else 1.0)
-        generator = torch.Generator().manual_seed(seed)
-        return self._decoded(kde_sample(bank, count, noise_std, generator), prompts[0])
+        drawn = kde_sample(bank, count, noise_std, torch.Generator().manual_seed(seed))
+        del bank
+        return self._decoded(drawn, prompts[0])
 
     @torch.no_grad()
     def _decoded(self, latents: torch.Tensor, like: Model) -> list[Model]:
         """Models decoded from ``latents [B, N, d_z]``, in the form of ``like``."""
-        device = next(self.model.parameters()).device
         tokenizer = self.tokenizer(like)
         positions = tokenizer.manifest.positions()
-        tokens = self.model.decode_sequence(latents.to(device), positions).cpu().float()
-        own = _state(like)
-        layout = [(k, tuple(t.shape)) for k, t in own.items()]
+        layout = [(k, tuple(t.shape)) for k, t in _state(like).items()]
         out: list[Model] = []
-        for t in tokens:
-            state = rename_positionally(tokenizer.decode(t), layout)
+        # Decoded tokens go de-standardized into each model's tensors piece by piece (a new
+        # module's own, for modules): neither the tokens of whole models [B, N, d_t] nor a
+        # second copy of a model's weights is held.
+        pieces = self.model.decode_pieces(latents, positions)
+        for _, own_pieces in itertools.groupby(pieces, key=lambda piece: piece[0]):
+            tokens = ((start, t.cpu()) for _, start, t in own_pieces)
             if isinstance(like, nn.Module):
                 net = copy.deepcopy(like)
-                net.load_state_dict(state)
+                # the module's own tensors (they share its storage) under canonical keys
+                tokenizer.decode_pieces(tokens, out=tokenizer.canonical(net.state_dict()))
                 out.append(net.eval())
             else:
-                out.append(state)
+                out.append(rename_positionally(tokenizer.decode_pieces(tokens), layout))
         return out
+
+
+def _sequences(readers: list[Callable[[int, int], torch.Tensor]], length: int) -> Sequences:
+    """Models of ``length`` tokens, read span by span by their ``readers``, as one haloing
+    input."""
+    return Sequences(len(readers), length, lambda i, start, stop: readers[i](start, stop))
 
 
 def _state(model: Model) -> dict[str, torch.Tensor]:

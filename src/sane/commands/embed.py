@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sane.commands import add_compute_options
+from sane.settings import given
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     embed = subparsers.add_parser(
@@ -19,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     embed.add_argument("--out", required=True, type=Path,
                        help="output .npy file [N, d_z]; beside it FILE.ood.json (distance to "
                        "the training zoo and out-of-distribution flag per checkpoint)")
+    add_compute_options(embed)
     embed.set_defaults(handler=_embed)
 
 
@@ -27,7 +31,8 @@ def _embed(args: argparse.Namespace) -> None:
     from sane.downstream.embedding import embed_checkpoints
     from sane.downstream.ood import OODReference
 
-    embeddings = embed_checkpoints(args.run, args.checkpoints)
+    embeddings = embed_checkpoints(args.run, args.checkpoints, **given(
+        device=args.device, precision=args.precision))
     atomic.save_array(args.out, embeddings)
     print(f"{len(embeddings)} embeddings of {embeddings.shape[1]} dimensions: {args.out}")
     reference = OODReference.load(args.run)

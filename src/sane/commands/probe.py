@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sane.commands import add_compute_options
 from sane.settings import given
 
 
@@ -31,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     probe.add_argument("--predict", type=Path, metavar="ZOO",
                        help="also predict the last checkpoint of every model of this zoo, "
                        "each flagged when it lies outside the training zoo")
+    add_compute_options(probe)
     probe.set_defaults(handler=_probe)
 
 
@@ -43,7 +45,8 @@ def _probe(args: argparse.Namespace) -> None:
         raise ConfigError("the SANE features need a pretraining run: sane probe RUN --out DIR "
                           "(or --features without SANE and --store STORE)")
     result = predict_properties(args.run, args.out, store=args.store, predict=args.predict,
-                                **given(features=features, properties=_names(args.properties)))
+                                **given(features=features, properties=_names(args.properties),
+                                        device=args.device, precision=args.precision))
     print("test R² [95 % bootstrap interval over test models]")
     print(result.markdown())
     flagged = [p for p in result.predictions if p.get("ood")]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sane.commands import add_compute_options
 from sane.settings import given
 
 
@@ -49,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "and classes (transfer to a new task; default: the zoo's dataset)")
     sample.add_argument("--root", help="directory of --dataset's files")
     sample.add_argument("--seed", type=int, help="seed of the draws (default 0)")
+    add_compute_options(sample)
     sample.set_defaults(handler=_sample)
 
 
@@ -62,6 +64,6 @@ def _sample(args: argparse.Namespace) -> None:
     sample_from_run(args.run, args.out, config=config, **given(
         store=args.store, prompts=args.prompts, prompt_epoch=args.prompt_epoch,
         best_prompts=args.best_prompts, dataset=args.dataset, root=args.root,
-        prompts_from=args.prompts_from))
+        prompts_from=args.prompts_from, device=args.device, precision=args.precision))
     print((args.out / "samples.md").read_text().rstrip())
     print(f"models: {args.out}/sample_*.safetensors, report: {args.out / 'samples.json'}")

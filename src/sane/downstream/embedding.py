@@ -43,13 +43,15 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def embed_checkpoints(run: str | Path, paths: Sequence[str | Path]) -> np.ndarray:
+def embed_checkpoints(run: str | Path, paths: Sequence[str | Path], *, device: str = "cpu",
+                      precision: str = "auto") -> np.ndarray:
     """Embeddings ``[len(paths), d_z]`` float64 of checkpoint files with the SANE and tokenizer
-    saved in the run directory ``run``; a checkpoint that does not fit is named in the
+    saved in the run directory ``run``, computed on ``device`` in ``precision``
+    (:meth:`Pipeline.from_pretrained`); a checkpoint that does not fit is named in the
     error."""
     if not paths:
         raise FormatError("give at least one checkpoint to embed")
-    pipe = Pipeline.from_pretrained(run)
+    pipe = Pipeline.from_pretrained(run, device=device, precision=precision)
     states = []
     for path in paths:
         state = read_checkpoint(path)

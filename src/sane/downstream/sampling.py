@@ -132,19 +132,20 @@ def sample_models(
             raise FormatError(f"prompts must be [E, {n}, {manifest.token_size}] standardized "
                               "tokens (or set prior_std)")
         else:
-            bank = model.encode_sequence(prompts, positions)
+            bank = model.encode_sequence(prompts, positions).cpu()
         history = []
         for round_index in range(config.rounds):
             noise_std = 0.0
             if bank is not None:
                 noise_std = config.bandwidth * (latent_spread(bank) if config.relative else 1)
                 latents = kde_sample(bank, config.samples, noise_std, generator)
-            # One sample at a time, keeping only the best states: memory stays at ``keep``
-            # models however many are drawn (a ResNet-18 state is 45 MB).
+            # One sample at a time, decoded piece by piece, keeping only the best states:
+            # memory stays at ``keep`` models however many are drawn (a ResNet-18 state is
+            # 45 MB).
             scores, kept = [], []
             for i in range(config.samples):
-                tokens = model.decode_sequence(latents[i : i + 1], positions)[0]
-                state = tokenizer.decode(tokens)
+                pieces = model.decode_pieces(latents[i : i + 1], positions)
+                state = tokenizer.decode_pieces((start, t.cpu()) for _, start, t in pieces)
                 scores.append(score_state(state, target, config.bn_batches, generator))
                 kept = sorted([*kept, (-scores[i], i, state)], key=lambda k: k[:2])
                 kept = kept[: config.keep]

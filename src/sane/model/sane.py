@@ -11,14 +11,16 @@ projection head sees a whole training window flattened, so it takes windows of e
 ``window_size`` tokens; encoding and decoding take windows of any length up to the position
 tables' range; :meth:`SANE.encode_sequence`, :meth:`SANE.decode_sequence` and
 :meth:`SANE.embed` take whole models of any length through haloed windows
-(:mod:`sane.model.halo`). A trained model is saved as ``sane.json`` (config) +
-``model.safetensors``.
+(:mod:`sane.model.halo`), reading tokens on demand (:class:`~sane.model.halo.Sequences`) and
+streaming decoded tokens out (:meth:`SANE.decode_pieces`) so that a model's tokens need not be
+held whole. A trained model is saved as ``sane.json`` (config) + ``model.safetensors``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,8 @@ import torch
 from torch import nn
 
 from sane import atomic
-from sane.errors import FormatError
-from sane.model.halo import haloed
+from sane.errors import ConfigError, FormatError
+from sane.model.halo import Sequences, haloed, haloed_pieces
 from sane.model.transformer import Block, PositionEmbedding
 from sane.settings import from_table, require
 
@@ -119,8 +121,31 @@ class ProjectionHead(nn.Module):
         return self.layers(z.flatten(1))
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def inference_precision(precision: str, device: torch.device | str) -> str:
+    """``"fp32"`` or ``"bf16"`` for whole-model encoding and decoding on ``device``: ``"auto"``
+    is bf16 on a CUDA device that computes it, fp32 elsewhere (on CPU, bf16 would change the
+    results for little speed)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got "
+                          f"{precision!r}")
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
 class SANE(nn.Module):
-    """Sequential autoencoder for neural embeddings (Schürholt, Mahoney & Borth, 2024)."""
+    """Sequential autoencoder for neural embeddings (Schürholt, Mahoney & Borth, 2024).
+
+    ``precision`` (``"fp32"``, or ``"bf16"`` for autocast) applies to the whole-model methods
+    (:meth:`encode_sequence`, :meth:`decode_sequence`, :meth:`decode_pieces`, :meth:`embed`),
+    which also move each batch of windows to the model's device; their outputs are float32
+    on that device. Training sets its own autocast."""
+
+    precision: str = "fp32"
 
     def __init__(self, config: SANEConfig, *, seed: int = 0) -> None:
         super().__init__()
@@ -195,13 +220,14 @@ class SANE(nn.Module):
         return self.config.window_size - 2 * halo, halo
 
     def encode_sequence(
-        self, tokens: torch.Tensor, positions: torch.Tensor, *, window: int | None = None,
-        halo: int | None = None, batch_size: int = 64,
+        self, tokens: torch.Tensor | Sequences, positions: torch.Tensor, *,
+        window: int | None = None, halo: int | None = None, batch_size: int = 64,
     ) -> torch.Tensor:
-        """Whole models ``tokens [B, N, d_t]`` with their ``positions [N, 3]`` -> latents
-        ``[B, N, d_z]``, through haloed windows (defaults: :meth:`halo_defaults`)."""
+        """Whole models ``tokens [B, N, d_t]`` (a tensor, or :class:`Sequences` read on
+        demand) with their ``positions [N, 3]`` -> latents ``[B, N, d_z]``, through haloed
+        windows (defaults: :meth:`halo_defaults`)."""
         window, halo = self._halo(window, halo)
-        return haloed(self.encode, tokens, positions, window=window, halo=halo,
+        return haloed(self._windows(self.encode), tokens, positions, window=window, halo=halo,
                       batch_size=batch_size)
 
     def decode_sequence(
@@ -210,17 +236,46 @@ class SANE(nn.Module):
     ) -> torch.Tensor:
         """Latents of whole models ``z [B, N, d_z]`` -> tokens ``[B, N, d_t]``, haloed."""
         window, halo = self._halo(window, halo)
-        return haloed(self.decode, z, positions, window=window, halo=halo,
+        return haloed(self._windows(self.decode), z, positions, window=window, halo=halo,
                       batch_size=batch_size)
 
-    def embed(
-        self, tokens: torch.Tensor, positions: torch.Tensor, *, window: int | None = None,
+    def decode_pieces(
+        self, z: torch.Tensor, positions: torch.Tensor, *, window: int | None = None,
         halo: int | None = None, batch_size: int = 64,
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """:meth:`decode_sequence` streamed, so that the tokens of whole models are never
+        held at once: yields ``(i, start, tokens [length, d_t])``, the decoded tokens
+        ``[start, start + length)`` of model ``i``, model by model in order (views of their
+        batch's output; :func:`sane.weights.tokenize.detokenize_pieces` writes them into a
+        state dict as they come)."""
+        window, halo = self._halo(window, halo)
+        return haloed_pieces(self._windows(self.decode), z, positions, window=window,
+                             halo=halo, batch_size=batch_size)
+
+    def embed(
+        self, tokens: torch.Tensor | Sequences, positions: torch.Tensor, *,
+        window: int | None = None, halo: int | None = None, batch_size: int = 64,
     ) -> torch.Tensor:
         """One vector per model: the mean of its per-token latents (SANE's "center of
-        gravity"), ``tokens [B, N, d_t]`` -> ``[B, d_z]``."""
+        gravity"), ``tokens [B, N, d_t]`` (a tensor or :class:`Sequences`) -> ``[B, d_z]``."""
         return self.encode_sequence(tokens, positions, window=window, halo=halo,
                                     batch_size=batch_size).mean(dim=1)
+
+    def _windows(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+                 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``fn`` (encode or decode) on batches of windows from any device: moved to the
+        model's, under bfloat16 autocast when :attr:`precision` is ``"bf16"``, out in
+        float32."""
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"SANE.precision must be fp32 or bf16, got {self.precision!r}")
+        device = next(self.parameters()).device
+
+        def run(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(device.type, dtype=torch.bfloat16,
+                                enabled=self.precision == "bf16"):
+                return fn(x.to(device), positions.to(device)).float()
+
+        return run
 
     def _halo(self, window: int | None, halo: int | None) -> tuple[int, int]:
         default_window, default_halo = self.halo_defaults()
@@ -236,9 +291,12 @@ class SANE(nn.Module):
                                                 "config": self.config.to_dict()})
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu") -> SANE:
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu",
+                        precision: str = "auto") -> SANE:
         """The model saved in ``path`` (a directory written by :meth:`save_pretrained` or by
-        ``sane pretrain``), in eval mode."""
+        ``sane pretrain``), in eval mode on ``device``, encoding and decoding whole models in
+        ``precision`` (:func:`inference_precision`: ``"auto"`` is bf16 on CUDA, fp32 on
+        CPU)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -254,7 +312,20 @@ class SANE(nn.Module):
         except (OSError, SafetensorError) as error:
             raise FormatError(f"{weights_file}: unreadable ({error})") from error
         load_checked(model, state, str(weights_file))
+        model.precision = inference_precision(precision, usable_device(device))
         return model.to(device).eval()
+
+
+def usable_device(name: str | torch.device) -> torch.device:
+    """``name`` as a torch device this torch can use (ConfigError otherwise)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"{name!r} is not a torch device ({error})") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: this torch sees no CUDA device (a CPU build, or "
+                          "no GPU); use --device cpu")
+    return device
 
 
 def load_checked(module: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:

@@ -97,6 +97,8 @@ def predict_properties(
     properties: Sequence[str] = PROPERTIES,
     predict: str | Path | None = None,
     progress: bool = True,
+    device: str = "cpu",
+    precision: str = "auto",
 ) -> ProbeResult:
     """Probe ``properties`` and the categorical hyperparameters from each feature set on the
     store's splits; writes ``out``.
@@ -104,11 +106,13 @@ def predict_properties(
     ``run`` is a pretraining run directory (needed for ``"SANE"``); ``store`` defaults to the
     store the run was trained on. ``predict`` names another zoo: each of its models' last
     checkpoint is predicted by every probe and, with SANE features, flagged when it lies
-    outside the training zoo.
+    outside the training zoo. The SANE computes on ``device`` in ``precision``
+    (:meth:`sane.model.SANE.from_pretrained`).
     """
     if run is None and store is None:
         raise FormatError("give a pretraining run or a token store")
-    model = None if run is None else SANE.from_pretrained(run)
+    model = None if run is None else SANE.from_pretrained(run, device=device,
+                                                           precision=precision)
     tokens = run_store(run, store)
     for name in properties:
         tokens.property(name)  # unknown names fail before any work

@@ -44,6 +44,7 @@ from sane.downstream.sampling import (
 )
 from sane.errors import ConfigError, FormatError
 from sane.model import SANE
+from sane.model.sane import inference_precision, usable_device
 from sane.stages.prompts import request_prompts
 from sane.train.run_dir import run_store
 from sane.zoo import ArchConfig, build_model
@@ -121,12 +122,13 @@ def sample_from_run(
     run: str | Path, out: str | Path, *, store: str | Path | None = None, prompts: int = 5,
     prompt_epoch: int | None = None, best_prompts: bool = False,
     config: SamplingConfig | None = None, dataset: str | None = None, root: str | None = None,
-    prompts_from: str | Path | None = None,
+    prompts_from: str | Path | None = None, device: str = "cpu", precision: str = "auto",
 ) -> SampleResult:
     """Sample models with the SANE in ``run`` around ``prompts`` prompt models: training
     models of ``store`` (default: the run's), scored on its zoo's task or on ``dataset``
     (read from ``root``); or, with ``prompts_from``, models of a zoo of another
-    architecture, scored on that zoo's task (:mod:`sane.stages.prompts`). Prompts of several
+    architecture, scored on that zoo's task (:mod:`sane.stages.prompts`). The SANE computes on
+    ``device`` in ``precision`` (:meth:`sane.model.SANE.from_pretrained`). Prompts of several
     architectures (activations, dropout...) are sampled per architecture: a sample has its
     prompts' architecture. Writes ``out`` (see the module docstring) and returns what it
     wrote; an ``out`` that holds the result of the same request is returned as it is."""
@@ -142,6 +144,9 @@ def sample_from_run(
         request["store"] = str(run_store(run, store).path.resolve())
     else:  # recorded only when given: requests of earlier versions stay the same
         request["prompts_from"] = str(Path(prompts_from).resolve())
+    precision = inference_precision(precision, usable_device(device))
+    if precision != "fp32":  # recorded only when it changes the results, like prompts_from
+        request["precision"] = precision
     if (out / "samples.json").is_file():
         done = SampleResult.load(out)
         if done.request == request:
@@ -149,7 +154,7 @@ def sample_from_run(
             if not (out / "samples.md").is_file() or (out / "samples.md").read_text() != table:
                 atomic.write_text(out / "samples.md", table)
             return done
-    model = SANE.from_pretrained(run)
+    model = SANE.from_pretrained(run, device=device, precision=precision)
     chosen = request_prompts(request)
     report: dict[str, Any] = {"request": request, "architectures": [], "prompts": [],
                               "samples": []}

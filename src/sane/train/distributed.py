@@ -56,9 +56,8 @@ class Ranks:
             raise ConfigError(f"batch_size {batch_size} does not split over {self.world_size} "
                               "processes; choose a multiple of the number of processes")
 
-    def device(self, name: str) -> torch.device:
+    def device(self, device: torch.device) -> torch.device:
         """The device of this rank: ``cuda`` becomes ``cuda:LOCAL_RANK`` in a group."""
-        device = torch.device(name)
         if self.distributed and device.type == "cuda" and device.index is None:
             device = torch.device("cuda", self.local_rank)
         return device

@@ -35,7 +35,7 @@ from sane.downstream.features import sane_embeddings
 from sane.downstream.ood import OODReference
 from sane.errors import ConfigError, FormatError
 from sane.model.losses import nt_xent, squared_sums
-from sane.model.sane import SANE, SANEConfig, describe
+from sane.model.sane import SANE, SANEConfig, describe, usable_device
 from sane.train.config import PretrainConfig, model_config
 from sane.train.distributed import (
     Ranks,
@@ -166,13 +166,8 @@ ONE_PROCESS = Ranks()
 
 
 def _device(name: str, ranks: Ranks) -> torch.device:
-    try:
-        device = ranks.device(name)
-    except RuntimeError as error:
-        raise ConfigError(f"pretrain device {name!r} is not a torch device ({error})") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"pretrain device {name!r}: this torch sees no CUDA device")
-    return device
+    """The device of this process: ``name`` checked, ``cuda`` numbered by local rank."""
+    return ranks.device(usable_device(name))
 
 
 def bf16_hardware(device: torch.device) -> bool:

@@ -64,10 +64,21 @@ class Standardization:
                     f"state dict entry {key!r} has shape {list(t.shape)}, the standardization "
                     f"was fitted on {list(s.shape)}"
                 )
-            x = t.detach().to(torch.float64)
-            y = (x - s.mean) / s.std if forward else x * s.std + s.mean
-            out[key] = y.to(t.dtype)
+            out[key] = _affine(t.detach(), s, forward)
         return out
+
+    def standardize(self, key: str, values: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) / std`` of ``values``, any part of entry ``key`` (element-wise, so a
+        part gets the bits of :meth:`apply` of the whole entry); an entry not fitted passes
+        through."""
+        s = self.stats.get(key)
+        return values if s is None else _affine(values, s, forward=True)
+
+    def destandardize(self, key: str, values: torch.Tensor) -> torch.Tensor:
+        """``x · std + mean`` of ``values``, any part of entry ``key``: :meth:`invert`
+        element-wise."""
+        s = self.stats.get(key)
+        return values if s is None else _affine(values, s, forward=False)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable description (inverse of :meth:`from_dict`)."""
@@ -114,6 +125,14 @@ class Standardization:
             raise
         except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise FormatError(f"malformed standardization: {type(e).__name__}: {e}") from e
+
+
+def _affine(x: torch.Tensor, s: TensorStats, forward: bool) -> torch.Tensor:
+    """``(x - mean) / std`` (``forward``) or ``x · std + mean``, computed in float64, returned
+    in ``x``'s dtype."""
+    y = x.to(torch.float64)
+    y = (y - s.mean) / s.std if forward else y * s.std + s.mean
+    return y.to(x.dtype)
 
 
 def fit_standardization(

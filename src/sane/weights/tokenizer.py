@@ -22,7 +22,7 @@ tokenized weight above ``max_abs`` when set.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from sane.weights.manifest import TokenManifest
 from sane.weights.matching import weight_matching
 from sane.weights.permutations import PermutationSpec, apply_permutation, permutation_spec
 from sane.weights.standardize import Standardization, fit_standardization
-from sane.weights.tokenize import detokenize, make_manifest, tokenize_into
+from sane.weights.tokenize import detokenize_pieces, make_manifest, token_reader
 from sane.zoo.architectures import build_model
 from sane.zoo.layout import ZooLayout, zoo_layout
 from sane.zoo.storage import Zoo
@@ -83,20 +83,36 @@ class Tokenizer:
         return {k: state_dict[k] for k in keys}
 
     def encode(self, state_dict: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Standardized tokens ``[N, d_t]`` of ``state_dict``, aligned to the reference first
-        when the tokenizer has one."""
+        """Standardized tokens ``[N, d_t]`` float32 of ``state_dict``, aligned to the
+        reference first when the tokenizer has one."""
+        return self.reader(state_dict)(0, self.manifest.num_tokens)
+
+    def reader(self, state_dict: Mapping[str, torch.Tensor]) -> Callable[[int, int], torch.Tensor]:
+        """``read(start, stop)``: tokens ``[start, stop)`` of :meth:`encode` of
+        ``state_dict``, made when asked (standardized on the fly), so that a large model is
+        encoded in pieces without its whole token sequence. It holds the canonical state dict
+        (the caller's tensors, or their aligned copy when the tokenizer aligns)."""
         state = self.canonical(state_dict)
         if self.reference is not None:
             perms = weight_matching(self.spec, self.reference, state, seed=self.seed)
             state = apply_permutation(state, self.spec, perms)
-        tokens = torch.empty(self.manifest.num_tokens, self.manifest.token_size)
-        tokenize_into(self.standardization.apply(state), self.manifest, tokens)
-        return tokens
+        return token_reader(state, self.manifest, transform=self.standardization.standardize,
+                            dtype=torch.float32)
 
     def decode(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         """The state dict (canonical keys, de-standardized) of standardized ``tokens
         [N, d_t]``; entries kept out of the tokens hold a fresh module's values."""
-        return self.standardization.invert(detokenize(tokens, self.manifest))
+        return self.decode_pieces([(0, tokens)])
+
+    def decode_pieces(self, pieces: Iterable[tuple[int, torch.Tensor]], *,
+                      out: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """:meth:`decode` of tokens that arrive in pieces ``(start, tokens [length, d_t])``
+        covering the sequence once (:func:`~sane.weights.tokenize.detokenize_pieces`), each
+        de-standardized and written into the state dict as it comes, so that neither the
+        whole sequence nor a second copy of the weights is held; into ``out``'s tensors
+        (canonical keys) when given."""
+        return detokenize_pieces(pieces, self.manifest,
+                                 transform=self.standardization.destandardize, out=out)
 
     @classmethod
     def fit(cls, zoo: Zoo | str | Path, *, token_size: int | None = None, align: bool = False,
