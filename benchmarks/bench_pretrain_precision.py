@@ -1,9 +1,14 @@
-"""Pretraining step time in float32 and under bfloat16 autocast, side by side, per preset.
+"""Pretraining step time in float32 and under bfloat16 autocast, side by side, per preset and
+device, with the model FLOP utilization where the device's peak is given.
 
 One training step of SANE (two views, forward, masked MSE + NT-Xent, backward, AdamW) on
 random CNN-s-sized windows (tokens of 201 values), timed over ``--steps`` steps after
-``--warmup``; ``precision = "bf16"`` is worth its setting where its ratio is above 1.
-Run: ``.venv/bin/python benchmarks/bench_pretrain_precision.py [--presets tiny,cpu,small]``.
+``--warmup``; ``precision = "bf16"`` is worth its setting where its ratio is above 1. The
+FLOPs of one step are counted once per preset (``torch.utils.flop_counter``: matrix
+products and attention, forward and backward); ``--peak-tflops`` (the device's dense bf16
+peak, e.g. 989 for an H100/H200 SXM) turns the bf16 rate into a model FLOP utilization.
+Run: ``.venv/bin/python benchmarks/bench_pretrain_precision.py [--presets tiny,cpu,small]
+[--device cuda --presets cnn --batch 256 --peak-tflops 989]``.
 """
 
 from __future__ import annotations
@@ -12,33 +17,59 @@ import argparse
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from sane.model import PRESETS, SANE, SANEConfig
 from sane.model.losses import sane_loss
 
 
-def steps_per_second(preset: str, precision: str, batch: int, steps: int, warmup: int) -> float:
-    config = SANEConfig(token_size=201, max_positions=(256, 8, 64), **PRESETS[preset])
-    model = SANE(config, seed=0).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    g = torch.Generator().manual_seed(0)
-    w = config.window_size
-    tokens = torch.randn(2, batch, w, 201, generator=g)
-    mask = torch.ones(batch, w, 201, dtype=torch.bool)
-    n = torch.arange(w)
-    positions = torch.stack([n, n // 16, n % 16], -1).expand(2 * batch, w, 3)
-    for i in range(warmup + steps):
-        if i == warmup:
-            start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            _, reconstruction, projection = model(tokens.flatten(0, 1), positions)
-        losses = sane_loss(reconstruction.float().view_as(tokens), tokens, mask,
-                           (projection[:batch].float(), projection[batch:].float()),
+class Step:
+    """One pretraining step of a ``preset`` SANE on a fixed random batch, on ``device``."""
+
+    def __init__(self, preset: str, batch: int, device: torch.device) -> None:
+        config = SANEConfig(token_size=201, max_positions=(256, 8, 64), **PRESETS[preset])
+        self.model = SANE(config, seed=0).to(device).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        g = torch.Generator().manual_seed(0)
+        w = config.window_size
+        self.tokens = torch.randn(2, batch, w, 201, generator=g).to(device)
+        self.mask = torch.ones(batch, w, 201, dtype=torch.bool, device=device)
+        n = torch.arange(w)
+        self.positions = torch.stack([n, n // 16, n % 16], -1).expand(2 * batch, w, 3).to(device)
+        self.device, self.batch = device, batch
+
+    def __call__(self, precision: str) -> None:
+        b = self.batch
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=precision == "bf16"):
+            _, reconstruction, projection = self.model(self.tokens.flatten(0, 1),
+                                                       self.positions)
+        losses = sane_loss(reconstruction.float().view_as(self.tokens), self.tokens, self.mask,
+                           (projection[:b].float(), projection[b:].float()),
                            gamma=0.05, temperature=0.1)
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
-        optimizer.step()
-    return steps / (time.perf_counter() - start)
+        self.optimizer.step()
+
+    def per_second(self, precision: str, steps: int, warmup: int) -> float:
+        for i in range(warmup + steps):
+            if i == warmup:
+                self._sync()
+                start = time.perf_counter()
+            self(precision)
+        self._sync()
+        return steps / (time.perf_counter() - start)
+
+    def flops(self) -> int:
+        """FLOPs of one step, counted in float32."""
+        counter = FlopCounterMode(display=False)
+        with counter:
+            self("fp32")
+        return counter.get_total_flops()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
 
 def main() -> None:
@@ -47,15 +78,28 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="the device's dense bf16 peak, for the FLOP utilization")
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
-    print("| preset | fp32 steps/s | bf16 steps/s | bf16 / fp32 |")
-    print("|---|---:|---:|---:|")
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(2)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {name}, batch {args.batch}")
+    print("| preset | fp32 steps/s | bf16 steps/s | bf16 / fp32 | GFLOP/step | bf16 TFLOP/s "
+          "| bf16 MFU |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for preset in args.presets.split(","):
-        fp32 = steps_per_second(preset, "fp32", args.batch, args.steps, args.warmup)
-        bf16 = steps_per_second(preset, "bf16", args.batch, args.steps, args.warmup)
-        print(f"| {preset} | {fp32:.2f} | {bf16:.2f} | {bf16 / fp32:.2f}× |", flush=True)
+        step = Step(preset, args.batch, device)
+        flops = step.flops()
+        fp32 = step.per_second("fp32", args.steps, args.warmup)
+        bf16 = step.per_second("bf16", args.steps, args.warmup)
+        rate = flops * bf16 / 1e12
+        mfu = "–" if args.peak_tflops is None else f"{rate / args.peak_tflops:.1%}"
+        print(f"| {preset} | {fp32:.2f} | {bf16:.2f} | {bf16 / fp32:.2f}× | {flops / 1e9:.1f} "
+              f"| {rate:.3f} | {mfu} |", flush=True)
 
 
 if __name__ == "__main__":
