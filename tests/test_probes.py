@@ -17,10 +17,13 @@ from sane.downstream import (
     probe_table,
     sane_embeddings,
 )
+from sane.downstream.features import store_features
 from sane.downstream.probes import class_markdown_table, class_probe_table
 from sane.errors import ConfigError, FormatError
+from sane.pipeline import Pipeline
 from sane.stages.probe import predict_properties
 from sane.weights import BASELINES
+from sane.zoo import Zoo
 
 
 def linear_data(m: int, f: int, noise: float, seed: int):
@@ -146,7 +149,8 @@ def test_predict_properties_writes_results_and_embeddings(random_store, tiny_run
     result = predict_properties(out, tmp_path / "p", progress=False)
     rows = result.rows
     assert {(r["features"], r["property"]) for r in rows} == {
-        (f, p) for f in ("SANE", "W", "sW-layer") for p in ("test_acc", "epoch", "ggap")}
+        (f, p) for f in ("SANE", "SANE+std", "W", "sW-layer")
+        for p in ("test_acc", "epoch", "ggap")}
     saved = json.loads((tmp_path / "p" / "probes.json").read_text())
     assert saved["store"] == str(random_store.path.resolve()) and saved["results"] == rows
     assert np.load(tmp_path / "p" / "embeddings.npy").shape == (36, 16)
@@ -166,6 +170,29 @@ def test_predict_properties_writes_results_and_embeddings(random_store, tiny_run
         predict_properties(out, tmp_path / "q", properties=["loss"], progress=False)
 
 
+def test_sane_std_features_are_the_mean_and_spread_of_the_token_latents(random_store,
+                                                                         tiny_run):
+    _, model = tiny_run
+    features = store_features(random_store, ["SANE+std", "SANE"], model, progress=False)
+    assert list(features) == ["SANE+std", "SANE"]
+    with torch.no_grad():
+        z = model.encode_sequence(torch.tensor(np.array(random_store.tokens[:5])),
+                                  random_store.positions).double().numpy()  # [5, N, 16]
+    np.testing.assert_allclose(features["SANE+std"][:5],
+                               np.concatenate([z.mean(1), z.std(1)], 1), rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(features["SANE"], features["SANE+std"][:, :16])
+    # The same features of models from anywhere (the pipeline's, which aligns each
+    # checkpoint on its own): mean and spread of their token latents.
+    zoo = Zoo.open(random_store.zoo_path)
+    states = [zoo.load_checkpoint(m, e) for m, e, *_ in random_store.rows[:3]]
+    pipe = Pipeline(model, random_store.tokenizer)
+    z = [latents.double().numpy() for latents in pipe.latents(states)]
+    np.testing.assert_allclose(pipe.embed(states, spread=True),
+                               [np.concatenate([a.mean(0), a.std(0)]) for a in z], rtol=1e-5,
+                               atol=1e-7)
+    np.testing.assert_array_equal(pipe.embed(states), pipe.embed(states, spread=True)[:, :16])
+
+
 def test_cli_probe(random_store, tiny_run, tmp_path, capsys):
     out, _ = tiny_run
     assert main(["probe", str(out), "--out", str(tmp_path / "a"), "--features", "SANE",
@@ -183,8 +210,6 @@ def test_probe_predicts_another_zoo_and_flags_models_unlike_the_training_zoo(ran
                                                                             tmp_path, capsys):
     """Models far from the zoo (its weights scaled 50×) are flagged; the zoo's own models
     are not; every probe predicts every model's last checkpoint."""
-    from sane.zoo import Zoo
-
     zoo = Zoo.open(random_store.zoo_path)
     far = Zoo.create(tmp_path / "far", zoo.models[:3], dataset=zoo.dataset)
     for entry in far.models:
@@ -199,7 +224,8 @@ def test_probe_predicts_another_zoo_and_flags_models_unlike_the_training_zoo(ran
     assert all(p["ood"] and p["distance"] > saved["ood"]["threshold"]
                for p in saved["predictions"])
     assert set(saved["predictions"][0]["predicted"]) == {
-        f"{p}/{f}" for p in ("test_acc", "epoch", "ggap") for f in ("SANE", "W", "sW-layer")}
+        f"{p}/{f}" for p in ("test_acc", "epoch", "ggap")
+        for f in ("SANE", "SANE+std", "W", "sW-layer")}
     assert "## Predictions for another zoo" in (tmp_path / "p" / "probes.md").read_text()
     same = predict_properties(out, tmp_path / "q", features=["SANE"], predict=zoo.path,
                               progress=False)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sane.downstream.features import spread_features
 from sane.downstream.sampling import kde_sample, latent_spread
 from sane.errors import ConfigError, FormatError
 from sane.model import SANE
@@ -110,9 +111,14 @@ class Pipeline:
                 out[i] = z
         return out
 
-    def embed(self, models: Sequence[Model]) -> np.ndarray:
-        """One vector per model, ``[B, d_z]`` float64: the mean of its token latents."""
-        return torch.stack([z.mean(dim=0) for z in self.latents(models)]).double().numpy()
+    def embed(self, models: Sequence[Model], *, spread: bool = False) -> np.ndarray:
+        """One vector per model, ``[B, d_z]`` float64: the mean of its token latents; with
+        ``spread``, ``[B, 2·d_z]``: the mean, then their standard deviation over tokens
+        (:func:`sane.downstream.features.spread_features`)."""
+        latents = self.latents(models)
+        if spread:
+            return torch.cat([spread_features(z[None]) for z in latents]).double().numpy()
+        return torch.stack([z.mean(dim=0) for z in latents]).double().numpy()
 
     def reconstruct(self, model: Model) -> Model:
         """``model`` encoded and decoded whole: a new model of the same form."""

@@ -25,8 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     probe.add_argument("--store", type=Path,
                        help="token store (default: the one the run was trained on)")
     probe.add_argument("--features",
-                       help="comma-separated feature sets: SANE, W, sW-layer, sW-tensor-var, "
-                       "sW-tensor-std (default: SANE,W,sW-layer)")
+                       help="comma-separated feature sets: SANE, SANE+std, W, sW-layer, "
+                       "sW-tensor-var, sW-tensor-std (default: SANE,SANE+std,W,sW-layer)")
     probe.add_argument("--properties",
                        help="comma-separated properties (default: test_acc,epoch,ggap)")
     probe.add_argument("--predict", type=Path, metavar="ZOO",
@@ -37,11 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _probe(args: argparse.Namespace) -> None:
+    from sane.downstream.features import SANE_FEATURES
     from sane.errors import ConfigError
     from sane.stages.probe import FEATURES, predict_properties
 
     features = _names(args.features)
-    if "SANE" in (FEATURES if features is None else features) and args.run is None:
+    if set(SANE_FEATURES) & set(FEATURES if features is None else features) and args.run is None:
         raise ConfigError("the SANE features need a pretraining run: sane probe RUN --out DIR "
                           "(or --features without SANE and --store STORE)")
     result = predict_properties(args.run, args.out, store=args.store, predict=args.predict,

@@ -18,6 +18,8 @@ from sane.model import SANE
 from sane.weights.baselines import BASELINES
 from sane.weights.store import TokenStore
 
+# The feature sets a pretrained SANE computes (the others are weight baselines).
+SANE_FEATURES = ("SANE", "SANE+std")
 # W holds every weight of every checkpoint in float64: refuse what would not fit comfortably.
 MAX_BASELINE_BYTES = 4 * 2**30
 
@@ -25,22 +27,32 @@ MAX_BASELINE_BYTES = 4 * 2**30
 def sane_embeddings(
     model: SANE, store: TokenStore, *, rows: np.ndarray | None = None, batch_size: int = 32,
     progress: bool = True, window: int | None = None, halo: int | None = None,
+    spread: bool = False,
 ) -> np.ndarray:
     """``[R, d_z]`` float64: the haloed mean latent of the checkpoints ``rows`` of
-    ``store`` (default: every checkpoint)."""
+    ``store`` (default: every checkpoint); with ``spread``, ``[R, 2·d_z]``: the mean and then
+    the standard deviation of the token latents (:func:`spread_features`)."""
     rows = np.arange(len(store.rows)) if rows is None else np.asarray(rows)
     device = next(model.parameters()).device
     positions = store.positions.to(device)
-    out = np.empty((len(rows), model.config.d_latent))
+    out = np.empty((len(rows), model.config.d_latent * (2 if spread else 1)))
     model.eval()
     with torch.no_grad():
         for start in tqdm(range(0, len(rows), batch_size), desc="embedding",
                           unit="batch", disable=not progress):
             part = rows[start : start + batch_size]
             tokens = torch.tensor(store.tokens[part], device=device)
-            z = model.embed(tokens, positions, window=window, halo=halo)
+            z = model.encode_sequence(tokens, positions, window=window, halo=halo)
+            z = spread_features(z) if spread else z.mean(dim=1)
             out[start : start + len(part)] = z.double().cpu().numpy()
     return out
+
+
+def spread_features(latents: torch.Tensor) -> torch.Tensor:
+    """``latents [B, N, d_z]`` -> ``[B, 2·d_z]``: the mean over tokens (the SANE embedding)
+    and the standard deviation over tokens (population) of every latent dimension; the
+    ``SANE+std`` feature set."""
+    return torch.cat([latents.mean(dim=1), latents.std(dim=1, correction=0)], dim=1)
 
 
 def baseline_features(store: TokenStore, name: str,
@@ -57,21 +69,25 @@ def store_features(
     store: TokenStore, names: Sequence[str], model: SANE | None = None, *,
     progress: bool = True,
 ) -> dict[str, np.ndarray]:
-    """``{name: [M, F]}`` for each name: ``"SANE"`` (needs ``model``) or a baseline."""
+    """``{name: [M, F]}`` for each name: ``"SANE"`` (the embedding; needs ``model``),
+    ``"SANE+std"`` (the embedding and the spread of the token latents) or a baseline."""
     for name in names:  # refuse what cannot be computed before any work
-        if name == "SANE" and model is None:
-            raise ConfigError("the SANE features need a pretrained model")
-        if name != "SANE":
+        if name in SANE_FEATURES and model is None:
+            raise ConfigError(f"the {name} features need a pretrained model")
+        if name not in SANE_FEATURES:
             _check_baseline(store, name)
     features = {}
+    if any(name in SANE_FEATURES for name in names):  # one pass for both
+        both = sane_embeddings(model, store, progress=progress, spread=True)
+        d = model.config.d_latent
+        features = {"SANE": both[:, :d], "SANE+std": both}
+        features = {name: features[name] for name in names if name in SANE_FEATURES}
     states = None  # rebuilt once, for all the baselines
     for name in names:
-        if name == "SANE":
-            features[name] = sane_embeddings(model, store, progress=progress)
-        else:
+        if name not in SANE_FEATURES:
             states = states or _checkpoints(store)
             features[name] = baseline_features(store, name, states)
-    return features
+    return {name: features[name] for name in names}
 
 
 def _check_baseline(store: TokenStore, name: str) -> None:

@@ -139,7 +139,7 @@ PROPERTY_LABELS = {"test_acc": "Acc", "epoch": "Ep", "ggap": "GGap"}
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], metric: str = "r2") -> str:
     """The probe results in the layout of SANE's Table 1: one line per property (Acc, Ep,
-    GGap), one column per feature set (W, the s(W) variants, SANE, then any other); each
+    GGap), one column per feature set (W, the s(W) variants, the SANE ones, then any other); each
     cell the test ``metric`` ("r2" or "tau") with its bootstrap 95 % interval."""
     names = sorted(dict.fromkeys(r["features"] for r in rows), key=_column_order)
     props = list(dict.fromkeys(r["property"] for r in rows))
@@ -155,7 +155,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], metric: str = "r2") -> str
 
 
 def _column_order(name: str) -> tuple[int, str]:
-    rank = 0 if name == "W" else 1 if name.startswith("sW") else 2 if name == "SANE" else 3
+    rank = 0 if name == "W" else 1 if name.startswith("sW") else 2 if name.startswith("SANE") \
+        else 3
     return rank, name
 
 

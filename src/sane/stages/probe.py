@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from sane import atomic, markdown
-from sane.downstream.features import store_features
+from sane.downstream.features import SANE_FEATURES, store_features
 from sane.downstream.ood import OODReference
 from sane.downstream.probes import (
     PROPERTY_LABELS,
@@ -49,7 +49,7 @@ from sane.zoo import Zoo
 from sane.zoo.storage import MANIFEST as ZOO_MANIFEST
 
 PROPERTIES = ("test_acc", "epoch", "ggap")
-FEATURES = ("SANE", "W", "sW-layer")
+FEATURES = ("SANE", "SANE+std", "W", "sW-layer")
 
 
 @dataclass(frozen=True)
@@ -172,13 +172,14 @@ def _other_zoo(path: str | Path, store: TokenStore, values: dict[str, np.ndarray
         except FormatError as error:
             raise FormatError(f"{zoo.checkpoint_path(model_id, epoch)}: {error}") from error
     features = {}
+    if any(name in SANE_FEATURES for name in values):
+        both = Pipeline(model, tokenizer).embed(states, spread=True)
+        features = {"SANE": both[:, :model.config.d_latent], "SANE+std": both}
     for name in values:
-        if name == "SANE":
-            features[name] = Pipeline(model, tokenizer).embed(states)
-        else:
+        if name not in SANE_FEATURES:
             features[name] = BASELINES[name](
                 states, include_batchnorm=store.settings.include_batchnorm)
-    return ids, features
+    return ids, {name: features[name] for name in values}
 
 
 def _predictions(ids: list[tuple[str, int]], rows: list[dict[str, Any]],
