@@ -13,7 +13,7 @@ from sane.errors import ConfigError, FormatError
 from sane.model import SANE, SANEConfig
 from sane.model.halo import Sequences, halo_chunks, haloed, haloed_pieces
 from sane.weights import detokenize, tokenize
-from sane.weights.tokenize import detokenize_pieces
+from sane.weights.token_ranges import detokenize_pieces
 
 CONFIG = SANEConfig(token_size=5, max_positions=(64, 4, 16), d_model=16, n_heads=2,
                     n_layers=1, d_latent=3, window_size=8)

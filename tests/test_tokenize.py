@@ -14,7 +14,8 @@ from torch import nn
 
 from sane.errors import ConfigError, FormatError
 from sane.weights import TokenManifest, detokenize, make_manifest, tokenize
-from sane.weights.tokenize import detokenize_pieces, token_reader, tokenize_into
+from sane.weights.token_ranges import detokenize_pieces, token_reader
+from sane.weights.tokenize import tokenize_into
 from sane.zoo.architectures import ArchConfig, build_model
 
 BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}

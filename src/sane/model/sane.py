@@ -246,7 +246,7 @@ class SANE(nn.Module):
         """:meth:`decode_sequence` streamed, so that the tokens of whole models are never
         held at once: yields ``(i, start, tokens [length, d_t])``, the decoded tokens
         ``[start, start + length)`` of model ``i``, model by model in order (views of their
-        batch's output; :func:`sane.weights.tokenize.detokenize_pieces` writes them into a
+        batch's output; :func:`sane.weights.token_ranges.detokenize_pieces` writes them into a
         state dict as they come)."""
         window, halo = self._halo(window, halo)
         return haloed_pieces(self._windows(self.decode), z, positions, window=window,

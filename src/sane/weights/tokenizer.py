@@ -36,7 +36,8 @@ from sane.weights.manifest import TokenManifest
 from sane.weights.matching import weight_matching
 from sane.weights.permutations import PermutationSpec, apply_permutation, permutation_spec
 from sane.weights.standardize import Standardization, fit_standardization
-from sane.weights.tokenize import detokenize_pieces, make_manifest, token_reader
+from sane.weights.token_ranges import detokenize_pieces, token_reader
+from sane.weights.tokenize import make_manifest
 from sane.zoo.architectures import build_model
 from sane.zoo.layout import ZooLayout, zoo_layout
 from sane.zoo.storage import Zoo
@@ -107,7 +108,7 @@ class Tokenizer:
     def decode_pieces(self, pieces: Iterable[tuple[int, torch.Tensor]], *,
                       out: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """:meth:`decode` of tokens that arrive in pieces ``(start, tokens [length, d_t])``
-        covering the sequence once (:func:`~sane.weights.tokenize.detokenize_pieces`), each
+        covering the sequence once (:func:`~sane.weights.token_ranges.detokenize_pieces`), each
         de-standardized and written into the state dict as it comes, so that neither the
         whole sequence nor a second copy of the weights is held; into ``out``'s tensors
         (canonical keys) when given."""
