@@ -595,3 +595,20 @@ def test_data_info_prints_sizes_balance_and_split(capsys):
     assert counts["val"] == ds.val.class_counts(10)
     np.testing.assert_array_equal(np.sum(list(counts.values()), axis=0),
                                   np.bincount(read_digits().train_y))
+
+
+def test_normalization_does_not_depend_on_the_thread_count():
+    # A zoo resumed with another thread count must train on the same inputs: the statistics
+    # are summed in float64 and rounded to the float32 that normalizes.
+    before = torch.get_num_threads()
+    try:
+        loaded = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            loaded.append(load_dataset("digits", size=28))
+    finally:
+        torch.set_num_threads(before)
+    (a, b) = loaded
+    assert a.mean == b.mean and a.std == b.std
+    assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.x, b.test.x)
+    assert a.mean == (float(torch.tensor(a.mean[0])),)  # a float32 value, as stored

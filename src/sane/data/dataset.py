@@ -202,8 +202,14 @@ def assemble(
     if published is not None:
         mean, std = published
     else:
-        mean = tuple(train_x.mean(dim=reduce_dims).tolist())
-        std = tuple(train_x.std(dim=reduce_dims).clamp_min(1e-8).tolist())
+        # Summed in float64 and rounded to the float32 that normalizes: a float32 sum
+        # depends on how the threads split it, and the statistics must not (a zoo resumed
+        # with another thread count trains on the same inputs).
+        wide = train_x.double()
+        stats = torch.stack([wide.mean(dim=reduce_dims),
+                             wide.std(dim=reduce_dims).clamp_min(1e-8)]).float()
+        del wide
+        mean, std = tuple(stats[0].tolist()), tuple(stats[1].tolist())
     shape = (1, channels, *([1] * (train_x.ndim - 2)))
     m, s = torch.tensor(mean).view(shape), torch.tensor(std).view(shape)
     # In place: every part is a fresh tensor (indexing, conversion and resizing copy).
