@@ -42,11 +42,11 @@ from sane.zoo.architectures import ArchConfig, build_model
 from sane.zoo.config import PopulationConfig
 from sane.zoo.population import (
     StackedNet,
-    StackedOptimizer,
     data_order,
     model_layout,
     train_epoch,
 )
+from sane.zoo.stacked_optimizer import StackedOptimizer
 
 ARCH = ArchConfig(name="cnn_s", activation="tanh", init="kaiming_uniform")
 LR = 1e-3

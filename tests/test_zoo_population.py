@@ -9,12 +9,12 @@ from sane.zoo.architectures import ArchConfig, build_model
 from sane.zoo.population import (
     DROPOUT_STREAM,
     StackedNet,
-    StackedOptimizer,
     data_order,
     model_layout,
     per_model_batch,
     stream_seed,
 )
+from sane.zoo.stacked_optimizer import StackedOptimizer
 
 
 def assert_close_to_rounding(actual: torch.Tensor, expected: torch.Tensor) -> None:

@@ -38,11 +38,11 @@ from sane.zoo.config import PopulationConfig
 from sane.zoo.population import (
     SingleNet,
     StackedNet,
-    StackedOptimizer,
     evaluate,
     is_stackable,
     train_epoch,
 )
+from sane.zoo.stacked_optimizer import StackedOptimizer
 from sane.zoo.storage import ModelEntry, Zoo
 
 

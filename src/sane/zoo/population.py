@@ -10,8 +10,9 @@ all ``K`` models side by side, and each model still does exactly what it would d
 * every model sees its own images in its own order, drops its own units with its own dropout
   probability and random stream, and takes its own loss (mean over its batch), so gradients
   never mix between models;
-* :class:`StackedOptimizer` is torch's Adam or SGD-with-momentum, applied per model with
-  per-model learning rate, weight decay and momentum.
+* :class:`~sane.zoo.stacked_optimizer.StackedOptimizer` is torch's Adam or
+  SGD-with-momentum, applied per model with per-model learning rate, weight decay and
+  momentum.
 
 Every stacked parameter has the models' blocks along its first dimension, model ``k`` owning
 rows ``[k·r, (k+1)·r)``; linear weights ``[out, in]`` are kept as ``[K·out, in]`` so that one
@@ -40,13 +41,11 @@ from torch import nn
 
 from sane.errors import ConfigError, FormatError
 from sane.zoo.architectures import ACTIVATIONS, Sequential
+from sane.zoo.stacked_optimizer import StackedOptimizer
 
 # Named random streams of one model (the numbers only have to differ).
 ORDER_STREAM = 1
 DROPOUT_STREAM = 2
-
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
 
 _ACTIVATION_TYPES = tuple({type(make()) for make in ACTIVATIONS.values()})
 _POOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d)
@@ -330,111 +329,6 @@ class SingleNet:
         """
         self.model.train(dropout is not None)
         return self.model(x).unsqueeze(0)
-
-
-# -- the optimizer ---------------------------------------------------------------------------
-
-class StackedOptimizer:
-    """torch's Adam and SGD (with momentum) for the models of a :class:`StackedNet`
-    (or the one model of a :class:`SingleNet`).
-
-    Model ``k`` uses ``kinds[k]`` (``"adam"`` or ``"sgd"``) with its own ``lr``,
-    ``weight_decay`` (L2, added to the gradient as in ``torch.optim``) and ``momentum`` (SGD).
-    Models must be ordered by kind so that each kind owns one contiguous block of rows. The
-    update is torch's formula term by term (Adam: betas 0.9/0.999, eps 1e-8, bias
-    correction; SGD: ``buf = momentum·buf + grad``, dampening 0, no Nesterov).
-    """
-
-    def __init__(self, net: StackedNet | SingleNet, kinds: Sequence[str], lr: Sequence[float],
-                 weight_decay: Sequence[float], momentum: Sequence[float]) -> None:
-        if list(kinds) != sorted(kinds):
-            raise ValueError("models must be ordered by optimizer kind")
-        self.net = net
-        self.kinds = list(kinds)
-        self.step_count = 0
-        self.blocks = {kind: (kinds.index(kind), len(kinds) - kinds[::-1].index(kind))
-                       for kind in set(kinds)}
-        count = range(len(net.params))
-        # Learning rates stay float64 until the step size is computed, as in torch.optim.
-        self._lr = [self._per_row(lr, i, torch.float64) for i in count]
-        self._neg_lr = [(-lr).float() for lr in self._lr]
-        self._wd = [self._per_row(weight_decay, i) for i in count]
-        self._momentum = [self._per_row(momentum, i) for i in count]
-        # Adam: first and second moments; SGD: the momentum buffer in the first slot.
-        self.state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in net.params]
-
-    def _per_row(self, values: Sequence[float], i: int, dtype: torch.dtype = torch.float32
-                 ) -> torch.Tensor:
-        """Per-model ``values [K]`` repeated over each model's rows of parameter ``i``."""
-        param, r = self.net.params[i], self.net.rows[i]
-        rows = torch.tensor(values, dtype=dtype).repeat_interleave(r)
-        return rows.view(-1, *[1] * (param.ndim - 1))
-
-    @torch.no_grad()
-    def step(self, grads: Sequence[torch.Tensor]) -> None:
-        """One update of every model from its gradients (stacked like the parameters)."""
-        self.step_count += 1
-        beta1, beta2 = ADAM_BETAS
-        bias1 = 1 - beta1 ** self.step_count
-        bias2_sqrt = (1 - beta2 ** self.step_count) ** 0.5
-        for i, (param, grad) in enumerate(zip(self.net.params, grads)):
-            r = self.net.rows[i]
-            first, second = self.state[i]
-            grad = grad + self._wd[i] * param
-            for kind, (a, b) in self.blocks.items():
-                rows = slice(a * r, b * r)
-                p, g, m = param[rows], grad[rows], first[rows]
-                if kind == "adam":
-                    v = second[rows]
-                    m.lerp_(g, 1 - beta1)
-                    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                    denom = (v.sqrt() / bias2_sqrt).add_(ADAM_EPS)
-                    step_size = (self._lr[i][rows] / -bias1).float()
-                    p.addcdiv_(m * step_size, denom)
-                else:
-                    m.mul_(self._momentum[i][rows]).add_(g)
-                    p.add_(m * self._neg_lr[i][rows])
-
-    # -- state in and out ----------------------------------------------------------------
-    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
-        """Each model's optimizer state: ``step`` and its moments (Adam) or buffer (SGD)."""
-        out = []
-        for k in range(self.net.k):
-            state = {"step": torch.tensor(self.step_count, dtype=torch.int64)}
-            for i, (first, second) in enumerate(self.state):
-                r, key = self.net.rows[i], self.net.keys[k][i]
-                if self.kinds[k] == "adam":
-                    state[f"exp_avg.{key}"] = first[k * r:(k + 1) * r]
-                    state[f"exp_avg_sq.{key}"] = second[k * r:(k + 1) * r]
-                else:
-                    state[f"momentum_buffer.{key}"] = first[k * r:(k + 1) * r]
-            out.append({name: t.contiguous() for name, t in state.items()})
-        return out
-
-    def load_state_dicts(self, states: Sequence[dict[str, torch.Tensor]]) -> None:
-        """Restore what :meth:`state_dicts` returned; every model must be at the same step."""
-        steps = {int(s["step"]) if "step" in s else -1 for s in states}
-        if len(steps) != 1 or -1 in steps:
-            raise FormatError(f"optimizer states disagree on the step count: {sorted(steps)}")
-        expected = [set(s) for s in self.state_dicts()]
-        with torch.no_grad():
-            for k, state in enumerate(states):
-                if set(state) != expected[k]:
-                    raise FormatError(f"optimizer state keys {sorted(state)} do not match the "
-                                      f"expected {sorted(expected[k])}")
-                for i, (first, second) in enumerate(self.state):
-                    r, key = self.net.rows[i], self.net.keys[k][i]
-                    rows = slice(k * r, (k + 1) * r)
-                    names = ((f"exp_avg.{key}", first), (f"exp_avg_sq.{key}", second)) \
-                        if self.kinds[k] == "adam" else ((f"momentum_buffer.{key}", first),)
-                    for name, target in names:
-                        value = state[name]
-                        if value.shape != target[rows].shape or value.dtype != target.dtype:
-                            raise FormatError(f"optimizer state {name}: expected "
-                                              f"{tuple(target[rows].shape)}, got "
-                                              f"{tuple(value.shape)} {value.dtype}")
-                        target[rows].copy_(value)
-        self.step_count = steps.pop()
 
 
 # -- epochs ----------------------------------------------------------------------------------
