@@ -5,16 +5,15 @@ import dataclasses
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from sane.data import load_dataset
 from sane.errors import ConfigError, FormatError
 from sane.zoo.architectures import build_model
 from sane.zoo.config import PopulationConfig, enumerate_models, load_config
 from sane.zoo.generate import plan_groups, train_population
-from sane.zoo.population import SingleNet, data_order
+from sane.zoo.population import SingleNet
 from sane.zoo.storage import METRIC_KEYS, Zoo
-from zoo_helpers import checkpoints, crash_training, plain_optimizer
+from zoo_helpers import checkpoints, crash_training, plain_epoch, plain_optimizer
 
 # Two ResNet-18 (Adam and SGD) on the digits at their native 8×8 (layer4 sees 1×1): two
 # steps of 32 images an epoch, a tiny validation split (the 270 test images are fixed).
@@ -113,14 +112,7 @@ def test_a_resnet_trains_as_a_plain_torch_loop_would(resnet_zoo):
         t = entry.training
         optimizer = plain_optimizer(model, t)
         for epoch in (1, 2):
-            order, loss_sum = data_order(entry.seed, epoch, len(y)), 0.0
-            for i in range(0, len(y), t["batch_size"]):
-                index = order[i:i + t["batch_size"]]
-                loss = F.cross_entropy(model(x[index]), y[index])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.item() * len(index)
+            loss = plain_epoch(model, optimizer, x, y, entry.seed, epoch, t["batch_size"])
             state, plain = zoo.load_checkpoint(entry.id, epoch), model.state_dict()
             assert list(state) == list(plain)
             parameters = [k for k, _ in model.named_parameters()]
@@ -131,8 +123,7 @@ def test_a_resnet_trains_as_a_plain_torch_loop_would(resnet_zoo):
                 apart = torch.cat([(state[k] - plain[k]).flatten() for k in keys]).norm()
                 moved = torch.cat([(plain[k] - init[k]).flatten() for k in keys]).norm()
                 assert apart < bound * moved, f"{entry.id} epoch {epoch}: {apart / moved}"
-            assert zoo.metrics(entry.id)[epoch]["train_loss"] == pytest.approx(
-                loss_sum / len(y), rel=1e-4)
+            assert zoo.metrics(entry.id)[epoch]["train_loss"] == pytest.approx(loss, rel=1e-4)
 
 
 @pytest.mark.slow

@@ -6,15 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from sane.data import load_dataset
 from sane.zoo.architectures import build_model
 from sane.zoo.config import DataConfig, PopulationConfig, SearchSpace
 from sane.zoo.generate import train_population
-from sane.zoo.population import StackedNet, data_order, evaluate, model_layout
+from sane.zoo.population import StackedNet, evaluate, model_layout
 from sane.zoo.storage import METRIC_KEYS
-from zoo_helpers import plain_optimizer, tiny_config
+from zoo_helpers import plain_epoch, plain_optimizer, tiny_config
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -90,13 +89,7 @@ def _train_alone(entry, x, y, ds) -> float:
     t = entry.training
     optimizer = plain_optimizer(model, t)
     for epoch in (1, 2):
-        order = data_order(entry.seed, epoch, len(y))
-        for i in range(0, len(y), t["batch_size"]):
-            index = order[i:i + t["batch_size"]]
-            loss = F.cross_entropy(model(x[index]), y[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        plain_epoch(model, optimizer, x, y, entry.seed, epoch, t["batch_size"])
     model.eval()
     with torch.no_grad():
         return (model(ds.test.x).argmax(1) == ds.test.y).double().mean().item()

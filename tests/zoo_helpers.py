@@ -1,12 +1,15 @@
-"""Helpers shared by the zoo training tests: a tiny population, its checkpoints, a crash."""
+"""Helpers shared by the zoo training tests: a tiny population, its checkpoints, a crash, and
+the plain torch loop the population engine is checked against."""
 
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sane.zoo.config import PopulationConfig, load_config
 from sane.zoo.generate import train_population
+from sane.zoo.population import data_order
 from sane.zoo.storage import Zoo
 
 # Four digit models in two groups (tanh, relu), Adam and SGD mixed inside each group, dropout
@@ -70,3 +73,18 @@ def plain_optimizer(model: torch.nn.Module, training: dict) -> torch.optim.Optim
                                 weight_decay=training["weight_decay"])
     return torch.optim.SGD(model.parameters(), lr=training["lr"],
                            momentum=training["momentum"], weight_decay=training["weight_decay"])
+
+
+def plain_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                y: torch.Tensor, seed: int, epoch: int, batch_size: int) -> float:
+    """One epoch of the plain reference loop (``nn.Module`` and ``torch.optim``) over
+    ``x``, ``y`` in the engine's data order for the model's ``seed``; the mean training loss."""
+    order, loss_sum = data_order(seed, epoch, len(y)), 0.0
+    for i in range(0, len(y), batch_size):
+        index = order[i:i + batch_size]
+        loss = F.cross_entropy(model(x[index]), y[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(index)
+    return loss_sum / len(y)
