@@ -103,36 +103,27 @@ def haloed_pieces(
     else:
         def read(i: int, start: int, stop: int) -> torch.Tensor:
             return x[i, start:stop]
-    return _pieces(fn, read, b, n, positions, window=window, halo=halo, batch_size=batch_size)
-
-
-def _pieces(
-    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    read: Callable[[int, int, int], torch.Tensor],
-    b: int,
-    n: int,
-    positions: torch.Tensor,
-    *,
-    window: int,
-    halo: int,
-    batch_size: int,
-) -> Iterator[tuple[int, int, torch.Tensor]]:
-    span, chunks = halo_chunks(n, window, halo)
+    span, chunks = halo_chunks(n, window, halo)  # bad arguments fail here, not when iterated
     # Every (sequence, chunk) pair is one span; spans are cut lazily, batch by batch.
     pairs = [(i, c) for i in range(b) for c in chunks]
-    for first in range(0, len(pairs), batch_size):
-        part = pairs[first : first + batch_size]
-        spans = []
-        for i, same in itertools.groupby(part, key=lambda pair: pair[0]):
-            own = [c for _, c in same]
-            low = own[0].start
-            block = read(i, low, own[-1].start + span)  # [span of the group, d_in]
-            spans += [block[c.start - low : c.start - low + span] for c in own]
-        x = torch.stack(spans)
-        where = torch.stack([positions[c.start : c.start + span] for _, c in part])
-        y = fn(x, where.to(x.device))
-        for j, (i, c) in enumerate(part):
-            yield i, c.content_start, y[j, c.content_start - c.start : c.content_stop - c.start]
+
+    def pieces() -> Iterator[tuple[int, int, torch.Tensor]]:
+        for first in range(0, len(pairs), batch_size):
+            part = pairs[first : first + batch_size]
+            spans = []
+            for i, same in itertools.groupby(part, key=lambda pair: pair[0]):
+                own = [c for _, c in same]
+                low = own[0].start
+                block = read(i, low, own[-1].start + span)  # [span of the group, d_in]
+                spans += [block[c.start - low : c.start - low + span] for c in own]
+            x_part = torch.stack(spans)
+            where = torch.stack([positions[c.start : c.start + span] for _, c in part])
+            y = fn(x_part, where.to(x_part.device))
+            for j, (i, c) in enumerate(part):
+                yield i, c.content_start, y[j, c.content_start - c.start :
+                                            c.content_stop - c.start]
+
+    return pieces()
 
 
 def _check(x: torch.Tensor | Sequences, positions: torch.Tensor, batch_size: int
