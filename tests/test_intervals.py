@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from sane.downstream.intervals import bootstrap_interval, kendall_tau, r2
-from sane.downstream.ood import OODReference
 from sane.errors import ConfigError, FormatError
 
 
@@ -46,28 +45,3 @@ def test_resampling_is_by_model_so_duplicated_checkpoints_change_nothing():
         bootstrap_interval(y, p, models, r2, resamples=0)
     assert np.isnan(r2(np.ones(4), np.arange(4.0)))
     assert kendall_tau(np.arange(5.0), -np.arange(5.0)) == pytest.approx(-1.0)
-
-
-def test_ood_threshold_is_the_percentile_of_distances_to_other_models():
-    # Models on a line 1 apart, two checkpoints each at the same place: the nearest other
-    # model is 1 away for every checkpoint, so the threshold is 1.
-    embeddings = np.repeat(np.arange(10.0), 2)[:, None] * np.array([[1.0, 0.0]])
-    models = np.repeat([f"m{i}" for i in range(10)], 2).tolist()
-    reference = OODReference.fit(embeddings, models)
-    assert reference.threshold == pytest.approx(1.0)
-    flags = reference.flags(np.array([[4.5, 0.5], [4.0, 3.0], [20.0, 0.0]]))
-    assert [f["ood"] for f in flags] == [False, True, True]
-    assert flags[1]["distance"] == pytest.approx(3.0)
-    with pytest.raises(ConfigError, match="at least two models"):
-        OODReference.fit(embeddings[:2], models[:2])
-    with pytest.raises(FormatError, match=r"queries must be \[Q, 2\]"):
-        reference.distances(np.zeros((1, 3)))
-
-
-def test_an_ood_reference_round_trips(tmp_path):
-    reference = OODReference.fit(np.eye(4), ["a", "b", "c", "d"], percentile=50.0)
-    reference.save(tmp_path)
-    loaded = OODReference.load(tmp_path)
-    assert loaded.threshold == reference.threshold and loaded.models == ["a", "b", "c", "d"]
-    np.testing.assert_array_equal(loaded.embeddings, np.eye(4))
-    assert OODReference.load(tmp_path / "none") is None

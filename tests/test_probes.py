@@ -209,7 +209,7 @@ def test_probe_predicts_another_zoo_and_flags_models_unlike_the_training_zoo(ran
                                                                             tiny_run,
                                                                             tmp_path, capsys):
     """Models far from the zoo (its weights scaled 50×) are flagged; the zoo's own models
-    are not; every probe predicts every model's last checkpoint."""
+    lie within its spacing; every probe predicts every model's last checkpoint."""
     zoo = Zoo.open(random_store.zoo_path)
     far = Zoo.create(tmp_path / "far", zoo.models[:3], dataset=zoo.dataset)
     for entry in far.models:
@@ -221,12 +221,23 @@ def test_probe_predicts_another_zoo_and_flags_models_unlike_the_training_zoo(ran
     assert "3 checkpoints of" in capsys.readouterr().out
     saved = json.loads((tmp_path / "p" / "probes.json").read_text())
     assert [p["model"] for p in saved["predictions"]] == [m.id for m in zoo.models[:3]]
-    assert all(p["ood"] and p["distance"] > saved["ood"]["threshold"]
+    # flagged in both spaces: 50x the weights is 50x their statistics and far from the zoo
+    assert all(p["ood"] and p["distance"] > 1 and p["spaces"] == ["SANE", "sW-layer"]
                for p in saved["predictions"])
+    assert all(p["distances"][s] > saved["ood"]["thresholds"][s]
+               for p in saved["predictions"] for s in ("SANE", "sW-layer"))
     assert set(saved["predictions"][0]["predicted"]) == {
         f"{p}/{f}" for p in ("test_acc", "epoch", "ggap")
         for f in ("SANE", "SANE+std", "W", "sW-layer")}
     assert "## Predictions for another zoo" in (tmp_path / "p" / "probes.md").read_text()
     same = predict_properties(out, tmp_path / "q", features=["SANE"], predict=zoo.path,
                               progress=False)
-    assert not any(p["ood"] for p in same.predictions)
+    train = {random_store.rows[r][0] for r in random_store.split_rows("train").tolist()}
+    # the training models' last checkpoints are in the reference; held-out ones lie about as
+    # far from it as the zoo's models lie from each other (8 random models leave the 99th
+    # percentile to their largest distance, so one may just cross it), far below 50x
+    assert all(p["distance"] < 1e-4 and not p["ood"] for p in same.predictions
+               if p["model"] in train)
+    held_out = [p["distance"] for p in same.predictions if p["model"] not in train]
+    assert len(held_out) == 4 and max(held_out) < 1.5
+    assert min(p["distance"] for p in saved["predictions"]) > 10

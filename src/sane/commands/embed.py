@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     embed.add_argument("checkpoints", nargs="+", type=Path,
                        help="state dicts: .safetensors, or .pt/.pth read with weights_only")
     embed.add_argument("--out", required=True, type=Path,
-                       help="output .npy file [N, d_z]; beside it FILE.ood.json (distance to "
+                       help="output .npy file [N, d_z]; beside it FILE.ood.json (distances to "
                        "the training zoo and out-of-distribution flag per checkpoint)")
     add_compute_options(embed)
     embed.set_defaults(handler=_embed)
@@ -28,22 +28,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _embed(args: argparse.Namespace) -> None:
     from sane import atomic
-    from sane.downstream.embedding import embed_checkpoints
+    from sane.downstream.embedding import ood_flags, read_fitting
     from sane.downstream.ood import OODReference
+    from sane.pipeline import Pipeline
 
-    embeddings = embed_checkpoints(args.run, args.checkpoints, **given(
-        device=args.device, precision=args.precision))
+    pipe = Pipeline.from_pretrained(args.run, **given(device=args.device,
+                                                      precision=args.precision))
+    reference = OODReference.load(args.run)  # a malformed reference fails before any work
+    states = read_fitting(pipe, args.checkpoints)
+    embeddings = pipe.embed(states)
     atomic.save_array(args.out, embeddings)
     print(f"{len(embeddings)} embeddings of {embeddings.shape[1]} dimensions: {args.out}")
-    reference = OODReference.load(args.run)
     if reference is None:
         print(f"{args.run} holds no out-of-distribution reference (ood.json): no flags")
         return
     flags = [{"checkpoint": str(c), **f}
-             for c, f in zip(args.checkpoints, reference.flags(embeddings))]
+             for c, f in zip(args.checkpoints, ood_flags(reference, pipe, states, embeddings))]
     atomic.write_json(args.out.with_suffix(".ood.json"),
-                      {"threshold": reference.threshold, "checkpoints": flags})
+                      {**reference.summary(), "checkpoints": flags})
     for flag in flags:
         if flag["ood"]:
-            print(f"out of distribution: {flag['checkpoint']} (distance {flag['distance']:.4f} "
-                  f"> {reference.threshold:.4f})")
+            beyond = ", ".join(f"{s} {flag['distances'][s]:.4f} > {reference.thresholds[s]:.4f}"
+                               for s in flag["spaces"])
+            print(f"out of distribution: {flag['checkpoint']} ({beyond})")

@@ -11,12 +11,15 @@ from __future__ import annotations
 import pickle  # only for its exception type: nothing is unpickled here
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from sane.downstream.ood import OODReference
 from sane.errors import FormatError
 from sane.pipeline import Pipeline
+from sane.weights.baselines import sw_layer
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -49,9 +52,15 @@ def embed_checkpoints(run: str | Path, paths: Sequence[str | Path], *, device: s
     saved in the run directory ``run``, computed on ``device`` in ``precision``
     (:meth:`Pipeline.from_pretrained`); a checkpoint that does not fit is named in the
     error."""
+    pipe = Pipeline.from_pretrained(run, device=device, precision=precision)
+    return pipe.embed(read_fitting(pipe, paths))
+
+
+def read_fitting(pipe: Pipeline, paths: Sequence[str | Path]) -> list[dict[str, torch.Tensor]]:
+    """The state dicts in ``paths``, each checked to fit one of ``pipe``'s tokenizers (the
+    error names the file)."""
     if not paths:
         raise FormatError("give at least one checkpoint to embed")
-    pipe = Pipeline.from_pretrained(run, device=device, precision=precision)
     states = []
     for path in paths:
         state = read_checkpoint(path)
@@ -60,4 +69,20 @@ def embed_checkpoints(run: str | Path, paths: Sequence[str | Path], *, device: s
         except FormatError as error:
             raise FormatError(f"{path}: {error}") from error
         states.append(state)
-    return pipe.embed(states)
+    return states
+
+
+def ood_flags(reference: OODReference, pipe: Pipeline, states: Sequence[dict[str, torch.Tensor]],
+              embeddings: np.ndarray) -> list[dict[str, Any]]:
+    """:meth:`OODReference.flags` of checkpoints ``states`` whose embeddings are
+    ``embeddings [B, d_z]``: their per-layer weight statistics computed one at a time, in the
+    tokenizer's canonical order, when the reference holds them."""
+    queries = {"SANE": embeddings}
+    if "sW-layer" in reference.features:
+        rows = []
+        for state in states:
+            tokenizer = pipe.tokenizer(state)
+            rows.append(sw_layer([tokenizer.canonical(state)],
+                                 include_batchnorm=tokenizer.manifest.include_batchnorm))
+        queries["sW-layer"] = np.concatenate(rows)
+    return reference.flags(queries)

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from sane.errors import ConfigError
 from sane.model import SANE
-from sane.weights.baselines import BASELINES
+from sane.weights.baselines import BASELINES, sw_layer
 from sane.weights.store import TokenStore
 
 # The feature sets a pretrained SANE computes (the others are weight baselines).
@@ -63,6 +63,16 @@ def baseline_features(store: TokenStore, name: str,
     if states is None:
         states = _checkpoints(store)
     return BASELINES[name](states, include_batchnorm=store.settings.include_batchnorm)
+
+
+def sw_layer_rows(store: TokenStore, rows: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """``[len(rows), 7·L]``: the ``sW-layer`` baseline of the checkpoints ``rows`` of ``store``,
+    rebuilt ``chunk`` at a time (never every checkpoint's weights at once)."""
+    rows = np.asarray(rows)
+    return np.concatenate([
+        sw_layer([store.state_dict(int(r)) for r in rows[start : start + chunk]],
+                 include_batchnorm=store.settings.include_batchnorm)
+        for start in range(0, len(rows), chunk)])
 
 
 def store_features(

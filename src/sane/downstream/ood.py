@@ -1,22 +1,31 @@
-"""Out-of-distribution flags for embeddings: is a model unlike the zoo SANE was trained on?
+"""Out-of-distribution flags: is a model unlike the zoo a SANE was trained on?
 
-The reference is the embeddings of the training split's checkpoints. Each reference
-checkpoint's *nearest-neighbour distance* is its Euclidean distance to the nearest
-checkpoint of another model (a model's own checkpoints would make it look close to the zoo).
-The threshold is the ``percentile`` (99 by default) of those distances. A query embedding
-is flagged when its distance to the nearest reference checkpoint exceeds the threshold: it
-lies farther from the zoo than 99 % of the zoo's models lie from each other, so a property
-predicted for it extrapolates.
+A model is compared with the training split's checkpoints in one or more feature *spaces*:
+``"SANE"``, its embedding (the mean token latent), and ``"sW-layer"``, its per-layer weight
+statistics (:func:`sane.weights.baselines.sw_layer`). Every feature is standardized by the
+reference's mean and standard deviation. In each space a reference checkpoint's
+*nearest-neighbour distance* is its Euclidean distance to the nearest checkpoint of another
+model (a model's own checkpoints would make it look close to the zoo), and the space's
+threshold is the ``percentile`` (99 by default) of those distances. A query is flagged when,
+in any space, its distance to the nearest reference checkpoint exceeds the threshold: it lies
+farther from the zoo than 99 % of the zoo's models lie from each other, so a property predicted
+for it extrapolates. Its ``distance`` is the largest ratio of distance to threshold over the
+spaces (above 1: flagged).
 
-Saved with a pretraining run as ``RUN/ood.json`` (threshold, percentile, models) and
-``RUN/ood.npy`` (the reference embeddings ``[M, d_z]`` float64).
+Why two spaces (measured; README "Property prediction"): the SANE embedding of CNN-s trained
+on digits with the zoo's own Fashion-MNIST recipe lies as close to the zoo as its held-out
+models do, while their per-layer weight statistics lie beyond the threshold.
+
+Saved with a pretraining run as ``RUN/ood.json`` (thresholds, percentile, models) and one
+``RUN/ood-<space>.npy`` per space (the reference features ``[M, d]`` float64).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,73 +33,133 @@ from sane import atomic
 from sane.errors import ConfigError, FormatError
 
 FORMAT = "sane-ood-reference"
-VERSION = 1
+VERSION = 2
+SPACES = ("SANE", "sW-layer")
 
 
 @dataclass(frozen=True)
 class OODReference:
-    """``embeddings [M, d_z]`` of the reference checkpoints, ``models[m]`` the model of row
-    ``m``, and the flagging ``threshold`` (the ``percentile`` of nearest-neighbour
-    distances)."""
+    """``features[space] [M, d]`` of the reference checkpoints, ``models[m]`` the model of row
+    ``m``, and per space the flagging ``thresholds`` (the ``percentile`` of nearest-neighbour
+    distances in standardized features)."""
 
-    embeddings: np.ndarray
+    features: dict[str, np.ndarray]
     models: list[str]
-    threshold: float
+    thresholds: dict[str, float]
     percentile: float
+    _scales: dict[str, tuple[np.ndarray, np.ndarray]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.features or set(self.features) - set(SPACES):
+            raise ConfigError(f"out-of-distribution spaces must be some of {', '.join(SPACES)}, "
+                              f"got {sorted(self.features)}")
+        for space, x in self.features.items():
+            if x.ndim != 2 or len(x) != len(self.models) or not np.isfinite(x).all():
+                raise FormatError(f"{space} reference features must be finite [M, d] with one "
+                                  f"model per row, got {list(x.shape)} and {len(self.models)} "
+                                  "models")
+        if set(self.thresholds) != set(self.features):
+            raise FormatError(f"thresholds for {sorted(self.thresholds)}, features for "
+                              f"{sorted(self.features)}")
+        scales = {}
+        for space, x in self.features.items():
+            std = x.std(axis=0)
+            scales[space] = (x.mean(axis=0), np.where(std > 0, std, 1.0))
+        object.__setattr__(self, "_scales", scales)
 
     @classmethod
-    def fit(cls, embeddings: np.ndarray, models: Sequence[str], percentile: float = 99.0
-            ) -> OODReference:
-        """The reference of ``embeddings [M, d_z]`` (at least two models)."""
-        embeddings = np.asarray(embeddings, dtype=np.float64)
+    def fit(cls, features: Mapping[str, np.ndarray], models: Sequence[str],
+            percentile: float = 99.0) -> OODReference:
+        """The reference of ``features[space] [M, d]`` (at least two models)."""
+        features = {s: np.asarray(x, dtype=np.float64) for s, x in features.items()}
         models = [str(m) for m in models]
-        if embeddings.ndim != 2 or len(models) != len(embeddings):
-            raise FormatError(f"embeddings must be [M, d] with one model per row, got "
-                              f"{list(embeddings.shape)} and {len(models)} models")
         if len(set(models)) < 2:
             raise ConfigError("an out-of-distribution reference needs at least two models")
         if not 0 < percentile <= 100:
             raise ConfigError(f"percentile must lie in (0, 100], got {percentile}")
-        distances = _pairwise(embeddings, embeddings)
+        unfitted = cls(features, models, {s: np.inf for s in features}, percentile)
         same = np.asarray(models)[:, None] == np.asarray(models)[None, :]
-        distances[same] = np.inf
-        nearest = distances.min(axis=1)
-        return cls(embeddings, models, float(np.percentile(nearest, percentile)), percentile)
+        thresholds = {}
+        for space in features:
+            x = unfitted._standardized(space, features[space])
+            distances = _pairwise(x, x)
+            distances[same] = np.inf
+            thresholds[space] = float(np.percentile(distances.min(axis=1), percentile))
+        return cls(features, models, thresholds, percentile)
 
-    def distances(self, queries: np.ndarray) -> np.ndarray:
-        """``[Q]``: each query's distance to its nearest reference checkpoint."""
-        queries = np.asarray(queries, dtype=np.float64)
-        if queries.ndim != 2 or queries.shape[1] != self.embeddings.shape[1]:
-            raise FormatError(f"queries must be [Q, {self.embeddings.shape[1]}], got "
-                              f"{list(queries.shape)}")
-        return _pairwise(queries, self.embeddings).min(axis=1)
+    def distances(self, queries: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``{space: [Q]}``: each query's distance to its nearest reference checkpoint in
+        every space of the reference; ``queries[space] [Q, d]``."""
+        missing = [s for s in self.features if s not in queries]
+        if missing:
+            raise FormatError(f"the queries lack the {', '.join(missing)} features")
+        out = {}
+        for space, reference in self.features.items():
+            q = np.asarray(queries[space], dtype=np.float64)
+            if q.ndim != 2 or q.shape[1] != reference.shape[1]:
+                raise FormatError(f"{space} queries must be [Q, {reference.shape[1]}], got "
+                                  f"{list(q.shape)}")
+            if not np.isfinite(q).all():
+                raise FormatError(f"{space} queries hold non-finite values")
+            out[space] = _pairwise(self._standardized(space, q),
+                                   self._standardized(space, reference)).min(axis=1)
+        if len({len(d) for d in out.values()}) != 1:
+            raise FormatError("the queries hold different numbers of rows per space")
+        return out
 
-    def flags(self, queries: np.ndarray) -> list[dict[str, float | bool]]:
-        """Per query ``{"distance", "ood"}``: flagged when the distance exceeds the
-        threshold."""
-        return [{"distance": float(d), "ood": bool(d > self.threshold)}
-                for d in self.distances(queries)]
+    def flags(self, queries: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+        """Per query ``{"distance", "ood", "spaces", "distances"}``: ``distance`` the largest
+        ratio of distance to threshold over the spaces, ``ood`` whether it exceeds 1, ``spaces``
+        those beyond their threshold, ``distances`` the distance in each space."""
+        distances = self.distances(queries)
+        ratios = {s: d / self.thresholds[s] for s, d in distances.items()}
+        out = []
+        for q in range(len(next(iter(distances.values())))):
+            beyond = [s for s in ratios if ratios[s][q] > 1]
+            out.append({"distance": float(max(r[q] for r in ratios.values())),
+                        "ood": bool(beyond), "spaces": beyond,
+                        "distances": {s: float(d[q]) for s, d in distances.items()}})
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """What a report states about the reference: spaces, thresholds, percentile."""
+        return {"spaces": list(self.features), "thresholds": dict(self.thresholds),
+                "percentile": self.percentile}
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
-        atomic.save_array(directory / "ood.npy", self.embeddings)
+        for space, x in self.features.items():
+            atomic.save_array(directory / f"ood-{space}.npy", x)
         atomic.write_json(directory / "ood.json", {
-            "format": FORMAT, "version": VERSION, "threshold": self.threshold,
-            "percentile": self.percentile, "models": self.models})
+            "format": FORMAT, "version": VERSION, **self.summary(), "models": self.models})
 
     @classmethod
     def load(cls, directory: str | Path) -> OODReference | None:
         """The reference saved in ``directory``, or None when there is none."""
         directory = Path(directory)
-        if not (directory / "ood.json").is_file():
+        path = directory / "ood.json"
+        if not path.is_file():
             return None
-        meta = atomic.read_manifest(directory / "ood.json", FORMAT, VERSION)
-        embeddings = np.load(directory / "ood.npy", allow_pickle=False)
+        if atomic.read_json(path).get("version") == 1:
+            raise FormatError(f"{path} is a reference of an earlier sane (SANE distances only); "
+                              f"remove {path} and {directory / 'ood.npy'} and rerun the same "
+                              "`sane pretrain` command, which rebuilds it without training")
+        meta = atomic.read_manifest(path, FORMAT, VERSION)
         try:
-            return cls(embeddings, list(meta["models"]), float(meta["threshold"]),
+            spaces = [str(s) for s in meta["spaces"]]
+            if set(spaces) - set(SPACES):
+                raise ValueError(f"unknown spaces {spaces}")
+            features = {s: np.load(directory / f"ood-{s}.npy", allow_pickle=False)
+                        for s in spaces}
+            return cls(features, [str(m) for m in meta["models"]],
+                       {s: float(meta["thresholds"][s]) for s in spaces},
                        float(meta["percentile"]))
-        except (KeyError, TypeError, ValueError) as error:
-            raise FormatError(f"{directory / 'ood.json'}: malformed ({error!r})") from error
+        except (KeyError, TypeError, ValueError, OSError) as error:
+            raise FormatError(f"{path}: malformed ({error!r})") from error
+
+    def _standardized(self, space: str, x: np.ndarray) -> np.ndarray:
+        mean, std = self._scales[space]
+        return (x - mean) / std
 
 
 def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -11,13 +11,14 @@ predictions for the checkpoints of another zoo.
       embeddings.npy   float64 [M, d_z], one row per store checkpoint (with "SANE")
       probes.json      the settings; one row per (feature set, property): alpha, R² and
                        Kendall τ per split with 95 % intervals, the test predictions; the
-                       classification probes; the out-of-distribution threshold and the
+                       classification probes; the out-of-distribution thresholds and the
                        test checkpoints' distances; predictions for another zoo; with a
                        SANE, its reconstruction by function per split
       probes.md        the tables: R² and τ in the layout of SANE's Table 1, classification
                        accuracy against the majority class, flags, predictions
       scatter-<property>.png   predicted against true test values, a panel per feature set
-      ood.json/.npy    the out-of-distribution reference (the training split's embeddings)
+      ood.json, ood-<space>.npy   the out-of-distribution reference (the training split's
+                       embeddings and per-layer weight statistics)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from sane import atomic, markdown
-from sane.downstream.features import SANE_FEATURES, store_features
+from sane.downstream.features import SANE_FEATURES, baseline_features, store_features
 from sane.downstream.ood import OODReference
 from sane.downstream.probes import (
     PROPERTY_LABELS,
@@ -57,7 +58,7 @@ class ProbeResult:
     """What property prediction computed: one row per (feature set, property) of
     :func:`~sane.downstream.probes.probe_table` (``rows``: R² and τ with intervals), the
     classification probes (``classification``), the out-of-distribution summary (``ood``:
-    threshold and the test checkpoints' distances; None without SANE features), predictions
+    spaces, thresholds and the test checkpoints' flags; None without SANE features), predictions
     for another zoo's checkpoints (``predictions``), and with a SANE its reconstruction by
     function per split (``reconstruction``)."""
 
@@ -119,23 +120,30 @@ def predict_properties(
     values = store_features(tokens, features, model, progress=progress)
     splits = {s: tokens.split_rows(s) for s in ("train", "val", "test")}
     groups = [m for m, _, _ in tokens.rows]
-    others = None if predict is None else _other_zoo(predict, tokens, values, model)
+    # the out-of-distribution spaces (sane.downstream.ood), whether or not they are probed
+    spaces = {}
+    if "SANE" in values:
+        spaces = {s: values[s] if s in values else baseline_features(tokens, s)
+                  for s in ("SANE", "sW-layer")}
+    wanted = [*values, *(s for s in spaces if s not in values)]
+    others = None if predict is None else _other_zoo(predict, tokens, wanted, model)
     rows = probe_table(values, {p: tokens.property(p) for p in properties}, splits, groups,
-                       extra=None if others is None else others[1])
+                       extra=None if others is None else {n: others[1][n] for n in values})
     classification = class_probe_table(values, hyperparameters(tokens), splits)
     out = Path(out)
     ood, other_flags = None, None
     if "SANE" in values:
         atomic.save_array(out / "embeddings.npy", values["SANE"])
         train = splits["train"]
-        reference = OODReference.fit(values["SANE"][train], [groups[i] for i in train])
+        reference = OODReference.fit({s: x[train] for s, x in spaces.items()},
+                                     [groups[i] for i in train])
         reference.save(out)
-        test = reference.flags(values["SANE"][splits["test"]])
-        ood = {"threshold": reference.threshold, "percentile": reference.percentile,
+        test = reference.flags({s: x[splits["test"]] for s, x in spaces.items()})
+        ood = {**reference.summary(),
                "test": [{"model": tokens.rows[r][0], "epoch": tokens.rows[r][1], **f}
                         for r, f in zip(splits["test"].tolist(), test)]}
         if others is not None:
-            other_flags = reference.flags(others[1]["SANE"])
+            other_flags = reference.flags({s: others[1][s] for s in spaces})
     predictions = [] if others is None else _predictions(others[0], rows, other_flags)
     fidelity = (None if model is None
                 else reconstruction_report(model, tokens, ("train", "val", "test")))
@@ -152,10 +160,10 @@ def predict_properties(
     return result
 
 
-def _other_zoo(path: str | Path, store: TokenStore, values: dict[str, np.ndarray],
+def _other_zoo(path: str | Path, store: TokenStore, names: Sequence[str],
                model: SANE | None) -> tuple[list[tuple[str, int]], dict[str, np.ndarray]]:
     """The last checkpoint of every model of the zoo at ``path`` and its features per
-    feature set of ``values``, computed as for the store (SANE: aligned, tokenized and
+    feature set of ``names``, computed as for the store (SANE: aligned, tokenized and
     embedded by the store's tokenizer; baselines: from the checkpoint)."""
     from sane.pipeline import Pipeline
 
@@ -172,20 +180,21 @@ def _other_zoo(path: str | Path, store: TokenStore, values: dict[str, np.ndarray
         except FormatError as error:
             raise FormatError(f"{zoo.checkpoint_path(model_id, epoch)}: {error}") from error
     features = {}
-    if any(name in SANE_FEATURES for name in values):
+    if any(name in SANE_FEATURES for name in names):
         both = Pipeline(model, tokenizer).embed(states, spread=True)
         features = {"SANE": both[:, :model.config.d_latent], "SANE+std": both}
-    for name in values:
+    for name in names:
         if name not in SANE_FEATURES:
             features[name] = BASELINES[name](
                 states, include_batchnorm=store.settings.include_batchnorm)
-    return ids, {name: features[name] for name in values}
+    return ids, {name: features[name] for name in names}
 
 
 def _predictions(ids: list[tuple[str, int]], rows: list[dict[str, Any]],
                  flags: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """One record per checkpoint of another zoo: its predictions per (property, feature
-    set) and, with SANE features, its out-of-distribution distance and flag."""
+    set) and, with SANE features, its out-of-distribution flag
+    (:meth:`OODReference.flags`)."""
     records = []
     for i, (model_id, epoch) in enumerate(ids):
         record: dict[str, Any] = {"model": model_id, "epoch": epoch, "predicted": {
@@ -210,24 +219,34 @@ def _markdown(result: ProbeResult, properties: Sequence[str]) -> str:
                   class_markdown_table(result.classification), ""]
     if result.ood is not None:
         flagged = [t for t in result.ood["test"] if t["ood"]]
+        thresholds = ", ".join(f"{s} {t:.4f}" for s, t in result.ood["thresholds"].items())
         lines += ["## Out of distribution", "",
-                  f"Threshold {result.ood['threshold']:.4f}: the {result.ood['percentile']:g}th "
-                  "percentile of the training checkpoints' distances to the nearest checkpoint "
-                  f"of another training model (SANE embeddings). {len(flagged)} of "
-                  f"{len(result.ood['test'])} test checkpoints lie beyond it.", ""]
+                  f"Thresholds ({thresholds}): in each space (features standardized by the "
+                  f"training split), the {result.ood['percentile']:g}th percentile of the "
+                  "training checkpoints' distances to the nearest checkpoint of another "
+                  "training model. A checkpoint beyond the threshold in any space is flagged; "
+                  "its distance is the largest ratio of distance to threshold. "
+                  f"{len(flagged)} of {len(result.ood['test'])} test checkpoints are flagged.",
+                  ""]
     if result.predictions:
         keys = list(result.predictions[0]["predicted"])
         lines += ["## Predictions for another zoo", "", markdown.table(
-            ["model", "epoch", *keys, *(["distance", "OOD"] if "ood" in result.predictions[0]
+            ["model", "epoch", *keys, *(["distance / threshold", "OOD"]
+                                        if "ood" in result.predictions[0]
                                         else [])],
             [[p["model"], p["epoch"], *(p["predicted"][k] for k in keys),
-              *([p["distance"], "yes" if p["ood"] else "no"] if "ood" in p else [])]
+              *([p["distance"], _flag(p)] if "ood" in p else [])]
              for p in result.predictions], digits=3), ""]
     if result.reconstruction is not None:
         lines += ["## Reconstruction by function", "",
                   "Up to 16 models per split, each at its last stored epoch, encoded and "
                   "decoded whole.", "", fidelity_markdown(result.reconstruction), ""]
     return "\n".join(lines)
+
+
+def _flag(record: dict[str, Any]) -> str:
+    """"no", or "yes" and the spaces in which the checkpoint lies beyond the threshold."""
+    return f"yes ({', '.join(record['spaces'])})" if record["ood"] else "no"
 
 
 def _scatter(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sane.downstream.features import sane_embeddings
+from sane.downstream.features import sane_embeddings, sw_layer_rows
 from sane.downstream.ood import OODReference
 from sane.errors import ConfigError, FormatError
 from sane.model.losses import nt_xent, squared_sums
@@ -291,13 +291,19 @@ def _whole_models(model: SANE, stores: list[TokenStore], config: PretrainConfig,
 
 def _ood_reference(model: SANE, stores: list[TokenStore]) -> OODReference:
     """The out-of-distribution reference of the run (:mod:`sane.downstream.ood`): the
-    embeddings of every training-split checkpoint of every layout."""
-    embeddings, models = [], []
+    embeddings of every training-split checkpoint of every layout and, for a store of one
+    layout, their per-layer weight statistics (layouts differ in their layers)."""
+    embeddings, statistics, models = [], [], []
     for store in stores:
         rows = store.split_rows("train")
         embeddings.append(sane_embeddings(model, store, rows=rows, progress=False))
+        if len(stores) == 1:
+            statistics.append(sw_layer_rows(store, rows))
         models += [store.rows[r][0] for r in rows.tolist()]
-    return OODReference.fit(np.concatenate(embeddings), models)
+    features = {"SANE": np.concatenate(embeddings)}
+    if statistics:
+        features["sW-layer"] = statistics[0]
+    return OODReference.fit(features, models)
 
 
 def _accumulate(sums: dict[str, float], losses: dict[str, torch.Tensor]) -> None:
