@@ -88,7 +88,7 @@ def test_a_reference_round_trips(tmp_path):
     assert OODReference.load(tmp_path / "none") is None
     meta = json.loads((tmp_path / "ood.json").read_text())
     (tmp_path / "ood.json").write_text(json.dumps(meta | {"spaces": ["SANE", "W"]}))
-    with pytest.raises(FormatError, match="ood.json: malformed"):
+    with pytest.raises(FormatError, match=r"ood\.json: malformed"):
         OODReference.load(tmp_path)
 
 
