@@ -60,7 +60,8 @@ def main() -> None:
             flags = []
             for start in range(0, len(keys), 50):
                 states = [zoo.load_checkpoint(m, e) for m, e in keys[start:start + 50]]
-                flags += ood_flags(reference, pipe, states, pipe.embed(states))
+                embeddings = pipe.embed(states, permutations=reference.permutations)
+                flags += ood_flags(reference, pipe, states, embeddings)
             share = {s: np.mean([s in f["spaces"] for f in flags]) for s in reference.features}
             print(f"| {spec} | {low}-{high} | {len(flags)} | "
                   f"{np.mean([f['ood'] for f in flags]):.2f} | "

@@ -21,6 +21,7 @@ from sane.pipeline import Pipeline
 from sane.train import PretrainConfig, pretrain
 from sane.train.config import model_config
 from sane.weights import apply_permutation, weight_matching
+from sane.weights.permutations import embedding_views
 from sane.weights.store import StoreSettings, TokenStore, prepare_store
 from sane.weights.tokenize import tokenize_into
 from sane.weights.tokenizer import Tokenizer
@@ -118,6 +119,43 @@ def test_pipeline_outputs_take_the_form_of_its_inputs(trained_store, tiny_digits
         pipe.embed([dropout, build_model(ArchConfig(name="mlp"))])
     with pytest.raises(ConfigError, match="count >= 1 and bandwidth >= 0"):
         pipe.sample([dropout], 0)
+
+
+def test_an_embedding_averages_the_aligned_model_and_fixed_random_permutations(
+        trained_store, tiny_digits_run):
+    pipe = sane.Pipeline(tiny_digits_run, trained_store.tokenizer)
+    tokenizer, spec = trained_store.tokenizer, trained_store.tokenizer.spec
+    nets = [build_model(trained_store.architecture(0), seed=s) for s in (1, 2)]
+    views = embedding_views(spec, 3, seed=7)
+    assert views[0] is None and len(views) == 4
+    n, expected = tokenizer.manifest.num_tokens, []
+    for net in nets:  # each view's tokens made from the permuted state dict, then encoded
+        aligned = tokenizer.aligned(net.state_dict())
+        views_tokens = [tokenizer.reader(aligned if p is None else apply_permutation(
+            aligned, spec, p), aligned=True)(0, n) for p in views]
+        with torch.no_grad():
+            latents = tiny_digits_run.encode_sequence(torch.stack(views_tokens),
+                                                      tokenizer.manifest.positions())
+        expected.append(latents.mean(1).mean(0).double().numpy())
+    embedded = pipe.embed(nets, permutations=3, seed=7)
+    np.testing.assert_allclose(embedded, np.stack(expected), atol=1e-6)
+    # the same views for every model: a model's embedding does not depend on its company
+    np.testing.assert_array_equal(pipe.embed(nets[1:], permutations=3, seed=7), embedded[1:])
+    assert not np.allclose(pipe.embed(nets, permutations=3, seed=8), embedded, atol=1e-4)
+    # no permutation: the mean latent of the aligned model
+    np.testing.assert_allclose(pipe.embed(nets, permutations=0),
+                               torch.stack([z.mean(0) for z in pipe.latents(nets)]).numpy(),
+                               atol=1e-6)
+    # a store's rows are embedded through the same views (permuted token by token)
+    rows = np.arange(3)
+    store_embedded = sane_embeddings(tiny_digits_run, trained_store, rows=rows,
+                                     permutations=3, seed=7, progress=False, spread=True)
+    states = [trained_store.state_dict(int(r)) for r in rows]
+    np.testing.assert_allclose(store_embedded, pipe.embed(states, permutations=3, seed=7,
+                                                          spread=True), atol=1e-5)
+    assert embedding_views(None, 5) == [None]
+    with pytest.raises(ConfigError, match="permutations must be >= 0"):
+        embedding_views(spec, -1)
 
 
 def test_a_tokenizer_fitted_on_a_zoo_is_the_store_s(trained_store):

@@ -10,6 +10,7 @@ import pytest
 from safetensors.torch import save_file
 
 from sane.cli import main
+from sane.downstream.features import PERMUTATIONS
 from sane.downstream.ood import OODReference
 from sane.errors import ConfigError, FormatError
 from sane.train import PretrainConfig, pretrain
@@ -138,3 +139,17 @@ def test_embed_flags_checkpoints_unlike_the_training_zoo(tiny_run, random_store,
     assert not first["ood"] and first["distance"] < 1e-4
     assert second["ood"] and second["spaces"] == ["SANE", "sW-layer"]
     assert all(second["distances"][s] > saved["thresholds"][s] for s in saved["spaces"])
+    # flags need embeddings made as the reference's were
+    assert saved["permutations"] == PERMUTATIONS
+    assert main(["embed", str(tiny_run[0]), str(far), "--out", str(tmp_path / "f.npy"),
+                 "--permutations", "0"]) == 0
+    assert (f"no out-of-distribution flags: the reference's embeddings average {PERMUTATIONS} "
+            f"permutations; embed with --permutations {PERMUTATIONS} to flag"
+            ) in capsys.readouterr().out
+    assert not (tmp_path / "f.ood.json").exists()
+
+
+def test_the_commands_state_the_default_number_of_permutations(capsys):
+    with pytest.raises(SystemExit):
+        main(["probe", "--help"])
+    assert f"default {PERMUTATIONS})" in " ".join(capsys.readouterr().out.split())

@@ -124,7 +124,7 @@ def test_classification_probes_beat_the_majority_class_when_features_know():
 
 def test_embeddings_are_the_haloed_mean_latents_in_store_order(random_store, tiny_run):
     _, model = tiny_run
-    z = sane_embeddings(model, random_store, batch_size=5, progress=False)
+    z = sane_embeddings(model, random_store, batch_size=5, progress=False, permutations=0)
     assert z.shape == (36, model.config.d_latent) and z.dtype == np.float64
     with torch.no_grad():
         expected = model.embed(torch.tensor(random_store.tokens[7:9]), random_store.positions)
@@ -173,7 +173,8 @@ def test_predict_properties_writes_results_and_embeddings(random_store, tiny_run
 def test_sane_std_features_are_the_mean_and_spread_of_the_token_latents(random_store,
                                                                          tiny_run):
     _, model = tiny_run
-    features = store_features(random_store, ["SANE+std", "SANE"], model, progress=False)
+    features = store_features(random_store, ["SANE+std", "SANE"], model, progress=False,
+                              permutations=0)  # the average over views: tests/test_embed.py
     assert list(features) == ["SANE+std", "SANE"]
     with torch.no_grad():
         z = model.encode_sequence(torch.tensor(np.array(random_store.tokens[:5])),
@@ -187,7 +188,7 @@ def test_sane_std_features_are_the_mean_and_spread_of_the_token_latents(random_s
     states = [zoo.load_checkpoint(m, e) for m, e, *_ in random_store.rows[:3]]
     pipe = Pipeline(model, random_store.tokenizer)
     z = [latents.double().numpy() for latents in pipe.latents(states)]
-    np.testing.assert_allclose(pipe.embed(states, spread=True),
+    np.testing.assert_allclose(pipe.embed(states, spread=True, permutations=0),
                                [np.concatenate([a.mean(0), a.std(0)]) for a in z], rtol=1e-5,
                                atol=1e-7)
     np.testing.assert_array_equal(pipe.embed(states), pipe.embed(states, spread=True)[:, :16])

@@ -33,12 +33,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from sane.downstream.features import spread_features
+from sane.downstream.features import PERMUTATIONS, spread_features
 from sane.downstream.sampling import kde_sample, latent_spread
 from sane.errors import ConfigError, FormatError
 from sane.model import SANE
 from sane.model.halo import Sequences
 from sane.train.run_dir import run_tokenizers
+from sane.weights.permutations import embedding_views
 from sane.weights.tokenizer import Tokenizer
 from sane.zoo.layout import rename_positionally
 
@@ -75,6 +76,30 @@ class Pipeline:
         first tokenizer when none does)."""
         return self.tokenizers[self._fitting(model)]
 
+    def _layouts(self, models: Sequence[Model]) -> dict[int, list[int]]:
+        """``{tokenizer index: indices of the models it fits}``; errors name the model by its
+        index."""
+        if isinstance(models, (nn.Module, Mapping)) or not len(models):
+            raise ConfigError("give a non-empty list of models (modules or state dicts)")
+        groups: dict[int, list[int]] = {}
+        for i, m in enumerate(models):
+            try:
+                groups.setdefault(self._fitting(m), []).append(i)
+            except FormatError as error:
+                raise FormatError(f"model {i}: {error}") from error
+        return groups
+
+    def _encode(self, k: int, states: list[dict[str, torch.Tensor]],
+                permutation: dict[str, torch.Tensor] | None) -> list[torch.Tensor]:
+        """Token latents ``[N, d_z]`` of aligned canonical ``states`` of layout ``k``, each
+        permuted by ``permutation`` first: one haloed pass, whose tokens are made span by
+        span as haloing reads them (never a model's whole sequence ``[N, d_t]``)."""
+        tokenizer = self.tokenizers[k]
+        readers = [tokenizer.reader(s, permutation=permutation, aligned=True) for s in states]
+        tokens = _sequences(readers, tokenizer.manifest.num_tokens)
+        return list(self.model.encode_sequence(tokens, tokenizer.manifest.positions())
+                    .cpu().float())
+
     def _fitting(self, model: Model) -> int:
         """The index of the first tokenizer that fits ``model``."""
         state = _state(model)
@@ -91,34 +116,34 @@ class Pipeline:
     def latents(self, models: Sequence[Model]) -> list[torch.Tensor]:
         """Per-token latents ``[N_i, d_z]`` of each of ``models``, encoded whole (haloed);
         errors name the model by its index."""
-        if isinstance(models, (nn.Module, Mapping)) or not len(models):
-            raise ConfigError("give a non-empty list of models (modules or state dicts)")
-        # tokenizer -> [(model, its token reader)]: tokens are made span by span as haloing
-        # reads them, never a model's whole sequence [N, d_t]
-        encoded: dict[int, list[tuple[int, Callable[[int, int], torch.Tensor]]]] = {}
-        for i, m in enumerate(models):
-            try:
-                k = self._fitting(m)
-                encoded.setdefault(k, []).append((i, self.tokenizers[k].reader(_state(m))))
-            except FormatError as error:
-                raise FormatError(f"model {i}: {error}") from error
         out: list[torch.Tensor] = [torch.empty(0)] * len(models)
-        for k, group in encoded.items():  # one haloed pass per layout
-            manifest = self.tokenizers[k].manifest
-            tokens = _sequences([read for _, read in group], manifest.num_tokens)
-            latents = self.model.encode_sequence(tokens, manifest.positions()).cpu().float()
-            for (i, _), z in zip(group, latents):
+        for k, group in self._layouts(models).items():  # one haloed pass per layout
+            states = [self.tokenizers[k].aligned(_state(models[i])) for i in group]
+            for i, z in zip(group, self._encode(k, states, None)):
                 out[i] = z
         return out
 
-    def embed(self, models: Sequence[Model], *, spread: bool = False) -> np.ndarray:
-        """One vector per model, ``[B, d_z]`` float64: the mean of its token latents; with
-        ``spread``, ``[B, 2·d_z]``: the mean, then their standard deviation over tokens
-        (:func:`sane.downstream.features.spread_features`)."""
-        latents = self.latents(models)
-        if spread:
-            return torch.cat([spread_features(z[None]) for z in latents]).double().numpy()
-        return torch.stack([z.mean(dim=0) for z in latents]).double().numpy()
+    def embed(self, models: Sequence[Model], *, spread: bool = False,
+              permutations: int = PERMUTATIONS, seed: int = 0) -> np.ndarray:
+        """One vector per model, ``[B, d_z]`` float64: the mean of its token latents, averaged
+        over the model as aligned and ``permutations`` random permutations of it (drawn from
+        ``seed``, the same for every model: :func:`embedding_views`; none for an architecture
+        without a permutation spec), as :func:`sane.downstream.sane_embeddings` does for a
+        store; with ``spread``, ``[B, 2·d_z]``: the mean, then the standard deviation of the
+        token latents (:func:`sane.downstream.features.spread_features`), each averaged."""
+        layouts = self._layouts(models)
+        out = np.empty((len(models), self.model.config.d_latent * (2 if spread else 1)))
+        for k, group in layouts.items():
+            states = [self.tokenizers[k].aligned(_state(models[i])) for i in group]
+            views = embedding_views(self.tokenizers[k].spec, permutations, seed)
+            total = torch.zeros(len(group), out.shape[1], dtype=torch.float64)
+            with torch.no_grad():
+                for perm in views:
+                    for j, z in enumerate(self._encode(k, states, perm)):
+                        total[j] += (spread_features(z[None])[0] if spread
+                                     else z.mean(dim=0)).double()
+            out[group] = (total / len(views)).numpy()
+        return out
 
     def reconstruct(self, model: Model) -> Model:
         """``model`` encoded and decoded whole: a new model of the same form."""

@@ -13,3 +13,10 @@ def add_compute_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                         help="bf16 autocast or fp32; auto (default): bf16 on CUDA, fp32 on "
                         "CPU")
+
+
+def add_permutations_option(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--permutations K`` of the commands that embed models; ``default`` says what it is."""
+    parser.add_argument("--permutations", type=int, metavar="K",
+                        help="average each embedding over the model as aligned and K random "
+                        f"permutations of it (0: the aligned model only; default {default})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sane.commands import add_compute_options
+from sane.commands import add_compute_options, add_permutations_option
 from sane.settings import given
 
 
@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     probe = subparsers.add_parser(
         "probe", help="predict accuracy, epoch and generalization gap with linear probes",
         description="Embed every checkpoint of a token store with a pretrained SANE (haloed, "
-        "mean over tokens), compute the W and s(W) baselines, and fit one ridge probe per "
+        "mean over tokens, averaged over random permutations of the model), compute the W "
+        "and s(W) baselines, and fit one ridge probe per "
         "feature set and property on the training split, its strength chosen on the "
         "validation split. Prints and writes R² and Kendall τ with bootstrap intervals over "
         "test models, classification probes for the zoo's hyperparameters and "
@@ -33,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="also predict the last checkpoint of every model of this zoo, "
                        "each flagged when it lies outside the training zoo")
     add_compute_options(probe)
+    add_permutations_option(probe, "16")
     probe.set_defaults(handler=_probe)
 
 
@@ -47,7 +49,8 @@ def _probe(args: argparse.Namespace) -> None:
                           "(or --features without SANE and --store STORE)")
     result = predict_properties(args.run, args.out, store=args.store, predict=args.predict,
                                 **given(features=features, properties=_names(args.properties),
-                                        device=args.device, precision=args.precision))
+                                        device=args.device, precision=args.precision,
+                                        permutations=args.permutations))
     print("test R² [95 % bootstrap interval over test models]")
     print(result.markdown())
     flagged = [p for p in result.predictions if p.get("ood")]

@@ -41,12 +41,15 @@ SPACES = ("SANE", "sW-layer")
 class OODReference:
     """``features[space] [M, d]`` of the reference checkpoints, ``models[m]`` the model of row
     ``m``, and per space the flagging ``thresholds`` (the ``percentile`` of nearest-neighbour
-    distances in standardized features)."""
+    distances in standardized features). ``permutations``: how many random permutations the
+    SANE embeddings average (:func:`sane.downstream.sane_embeddings`); queries must be
+    embedded alike."""
 
     features: dict[str, np.ndarray]
     models: list[str]
     thresholds: dict[str, float]
     percentile: float
+    permutations: int = 0
     _scales: dict[str, tuple[np.ndarray, np.ndarray]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -69,15 +72,17 @@ class OODReference:
 
     @classmethod
     def fit(cls, features: Mapping[str, np.ndarray], models: Sequence[str],
-            percentile: float = 99.0) -> OODReference:
-        """The reference of ``features[space] [M, d]`` (at least two models)."""
+            percentile: float = 99.0, permutations: int = 0) -> OODReference:
+        """The reference of ``features[space] [M, d]`` (at least two models) whose SANE
+        embeddings average ``permutations`` random permutations."""
         features = {s: np.asarray(x, dtype=np.float64) for s, x in features.items()}
         models = [str(m) for m in models]
         if len(set(models)) < 2:
             raise ConfigError("an out-of-distribution reference needs at least two models")
         if not 0 < percentile <= 100:
             raise ConfigError(f"percentile must lie in (0, 100], got {percentile}")
-        unfitted = cls(features, models, {s: np.inf for s in features}, percentile)
+        unfitted = cls(features, models, {s: np.inf for s in features}, percentile,
+                       permutations)
         same = np.asarray(models)[:, None] == np.asarray(models)[None, :]
         thresholds = {}
         for space in features:
@@ -85,7 +90,7 @@ class OODReference:
             distances = _pairwise(x, x)
             distances[same] = np.inf
             thresholds[space] = float(np.percentile(distances.min(axis=1), percentile))
-        return cls(features, models, thresholds, percentile)
+        return cls(features, models, thresholds, percentile, permutations)
 
     def distances(self, queries: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``{space: [Q]}``: each query's distance to its nearest reference checkpoint in
@@ -122,9 +127,10 @@ class OODReference:
         return out
 
     def summary(self) -> dict[str, Any]:
-        """What a report states about the reference: spaces, thresholds, percentile."""
+        """What a report states about the reference: spaces, thresholds, percentile and the
+        permutations its embeddings average."""
         return {"spaces": list(self.features), "thresholds": dict(self.thresholds),
-                "percentile": self.percentile}
+                "percentile": self.percentile, "permutations": self.permutations}
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -153,7 +159,7 @@ class OODReference:
                         for s in spaces}
             return cls(features, [str(m) for m in meta["models"]],
                        {s: float(meta["thresholds"][s]) for s in spaces},
-                       float(meta["percentile"]))
+                       float(meta["percentile"]), int(meta["permutations"]))
         except (KeyError, TypeError, ValueError, OSError) as error:
             raise FormatError(f"{path}: malformed ({error!r})") from error
 

@@ -31,7 +31,12 @@ from typing import Any
 import numpy as np
 
 from sane import atomic, markdown
-from sane.downstream.features import SANE_FEATURES, baseline_features, store_features
+from sane.downstream.features import (
+    PERMUTATIONS,
+    SANE_FEATURES,
+    baseline_features,
+    store_features,
+)
 from sane.downstream.ood import OODReference
 from sane.downstream.probes import (
     PROPERTY_LABELS,
@@ -100,6 +105,7 @@ def predict_properties(
     progress: bool = True,
     device: str = "cpu",
     precision: str = "auto",
+    permutations: int = PERMUTATIONS,
 ) -> ProbeResult:
     """Probe ``properties`` and the categorical hyperparameters from each feature set on the
     store's splits; writes ``out``.
@@ -108,7 +114,8 @@ def predict_properties(
     store the run was trained on. ``predict`` names another zoo: each of its models' last
     checkpoint is predicted by every probe and, with SANE features, flagged when it lies
     outside the training zoo. The SANE computes on ``device`` in ``precision``
-    (:meth:`sane.model.SANE.from_pretrained`).
+    (:meth:`sane.model.SANE.from_pretrained`); its embeddings average ``permutations``
+    random permutations of each model (:func:`sane.downstream.sane_embeddings`).
     """
     if run is None and store is None:
         raise FormatError("give a pretraining run or a token store")
@@ -117,7 +124,8 @@ def predict_properties(
     tokens = run_store(run, store)
     for name in properties:
         tokens.property(name)  # unknown names fail before any work
-    values = store_features(tokens, features, model, progress=progress)
+    values = store_features(tokens, features, model, progress=progress,
+                            permutations=permutations)
     splits = {s: tokens.split_rows(s) for s in ("train", "val", "test")}
     groups = [m for m, _, _ in tokens.rows]
     # the out-of-distribution spaces (sane.downstream.ood), whether or not they are probed
@@ -126,7 +134,8 @@ def predict_properties(
         spaces = {s: values[s] if s in values else baseline_features(tokens, s)
                   for s in ("SANE", "sW-layer")}
     wanted = [*values, *(s for s in spaces if s not in values)]
-    others = None if predict is None else _other_zoo(predict, tokens, wanted, model)
+    others = (None if predict is None
+              else _other_zoo(predict, tokens, wanted, model, permutations))
     rows = probe_table(values, {p: tokens.property(p) for p in properties}, splits, groups,
                        extra=None if others is None else {n: others[1][n] for n in values})
     classification = class_probe_table(values, hyperparameters(tokens), splits)
@@ -136,7 +145,7 @@ def predict_properties(
         atomic.save_array(out / "embeddings.npy", values["SANE"])
         train = splits["train"]
         reference = OODReference.fit({s: x[train] for s, x in spaces.items()},
-                                     [groups[i] for i in train])
+                                     [groups[i] for i in train], permutations=permutations)
         reference.save(out)
         test = reference.flags({s: x[splits["test"]] for s, x in spaces.items()})
         ood = {**reference.summary(),
@@ -150,8 +159,9 @@ def predict_properties(
     atomic.write_json(out / "probes.json", {
         "run": None if run is None else str(Path(run).resolve()),
         "store": str(tokens.path.resolve()), "features": list(features),
-        "properties": list(properties), "results": rows, "classification": classification,
-        "ood": ood, "predictions": predictions, "reconstruction": fidelity,
+        "properties": list(properties), "permutations": permutations, "results": rows,
+        "classification": classification, "ood": ood, "predictions": predictions,
+        "reconstruction": fidelity,
     })
     for prop in properties:
         _scatter(out / f"scatter-{prop}.png", [r for r in rows if r["property"] == prop])
@@ -161,7 +171,8 @@ def predict_properties(
 
 
 def _other_zoo(path: str | Path, store: TokenStore, names: Sequence[str],
-               model: SANE | None) -> tuple[list[tuple[str, int]], dict[str, np.ndarray]]:
+               model: SANE | None, permutations: int
+               ) -> tuple[list[tuple[str, int]], dict[str, np.ndarray]]:
     """The last checkpoint of every model of the zoo at ``path`` and its features per
     feature set of ``names``, computed as for the store (SANE: aligned, tokenized and
     embedded by the store's tokenizer; baselines: from the checkpoint)."""
@@ -181,7 +192,8 @@ def _other_zoo(path: str | Path, store: TokenStore, names: Sequence[str],
             raise FormatError(f"{zoo.checkpoint_path(model_id, epoch)}: {error}") from error
     features = {}
     if any(name in SANE_FEATURES for name in names):
-        both = Pipeline(model, tokenizer).embed(states, spread=True)
+        both = Pipeline(model, tokenizer).embed(states, spread=True,
+                                                permutations=permutations)
         features = {"SANE": both[:, :model.config.d_latent], "SANE+std": both}
     for name in names:
         if name not in SANE_FEATURES:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sane.downstream.features import sane_embeddings, sw_layer_rows
+from sane.downstream.features import PERMUTATIONS, sane_embeddings, sw_layer_rows
 from sane.downstream.ood import OODReference
 from sane.errors import ConfigError, FormatError
 from sane.model.losses import nt_xent, squared_sums
@@ -296,14 +296,15 @@ def _ood_reference(model: SANE, stores: list[TokenStore]) -> OODReference:
     embeddings, statistics, models = [], [], []
     for store in stores:
         rows = store.split_rows("train")
-        embeddings.append(sane_embeddings(model, store, rows=rows, progress=False))
+        embeddings.append(sane_embeddings(model, store, rows=rows, progress=False,
+                                          permutations=PERMUTATIONS))
         if len(stores) == 1:
             statistics.append(sw_layer_rows(store, rows))
         models += [store.rows[r][0] for r in rows.tolist()]
     features = {"SANE": np.concatenate(embeddings)}
     if statistics:
         features["sW-layer"] = statistics[0]
-    return OODReference.fit(features, models)
+    return OODReference.fit(features, models, permutations=PERMUTATIONS)
 
 
 def _accumulate(sums: dict[str, float], losses: dict[str, torch.Tensor]) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sane.errors import FormatError
+from sane.errors import ConfigError, FormatError
 from sane.weights.channels import trace_channel_groups
 
 Perms = dict[str, torch.Tensor]
@@ -93,6 +93,19 @@ def identity_permutation(spec: PermutationSpec) -> Perms:
 def random_permutation(spec: PermutationSpec, generator: torch.Generator) -> Perms:
     """A uniformly random permutation per group, drawn from ``generator`` in ``sizes`` order."""
     return {name: torch.randperm(n, generator=generator) for name, n in spec.sizes.items()}
+
+
+def embedding_views(spec: PermutationSpec | None, count: int, seed: int = 0
+                    ) -> list[Perms | None]:
+    """``[None, p_1, ..., p_count]``: the identity (None) and ``count`` random permutations
+    drawn in order from a generator seeded with ``seed``, the views of a model whose
+    embeddings are averaged; ``[None]`` when ``spec`` is None (nothing to permute)."""
+    if count < 0:
+        raise ConfigError(f"the number of permutations must be >= 0, got {count}")
+    if spec is None:
+        return [None]
+    generator = torch.Generator().manual_seed(seed)
+    return [None, *(random_permutation(spec, generator) for _ in range(count))]
 
 
 def invert(perms: Perms) -> Perms:

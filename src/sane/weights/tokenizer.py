@@ -88,15 +88,31 @@ class Tokenizer:
         reference first when the tokenizer has one."""
         return self.reader(state_dict)(0, self.manifest.num_tokens)
 
-    def reader(self, state_dict: Mapping[str, torch.Tensor]) -> Callable[[int, int], torch.Tensor]:
+    def aligned(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:meth:`canonical` ``state_dict``, aligned to the reference by weight matching when
+        the tokenizer has one (a copy of the permuted tensors)."""
+        state = self.canonical(state_dict)
+        if self.reference is None:
+            return state
+        perms = weight_matching(self.spec, self.reference, state, seed=self.seed)
+        return apply_permutation(state, self.spec, perms)
+
+    def reader(self, state_dict: Mapping[str, torch.Tensor], *,
+               permutation: Mapping[str, torch.Tensor] | None = None,
+               aligned: bool = False) -> Callable[[int, int], torch.Tensor]:
         """``read(start, stop)``: tokens ``[start, stop)`` of :meth:`encode` of
         ``state_dict``, made when asked (standardized on the fly), so that a large model is
-        encoded in pieces without its whole token sequence. It holds the canonical state dict
-        (the caller's tensors, or their aligned copy when the tokenizer aligns)."""
-        state = self.canonical(state_dict)
-        if self.reference is not None:
-            perms = weight_matching(self.spec, self.reference, state, seed=self.seed)
-            state = apply_permutation(state, self.spec, perms)
+        encoded in pieces without its whole token sequence. With ``permutation`` (one
+        permutation per group of :attr:`spec`), the tokens of the aligned model permuted by
+        it. ``aligned``: ``state_dict`` is already :meth:`aligned` (no weight matching again).
+        The reader holds the canonical state dict (the caller's tensors, or their aligned or
+        permuted copy)."""
+        state = self.canonical(state_dict) if aligned else self.aligned(state_dict)
+        if permutation is not None:
+            if self.spec is None:
+                raise ConfigError("this tokenizer's architecture has no permutation spec: "
+                                  "nothing to permute")
+            state = apply_permutation(state, self.spec, permutation)
         return token_reader(state, self.manifest, transform=self.standardization.standardize,
                             dtype=torch.float32)
 
