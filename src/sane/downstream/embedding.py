@@ -2,7 +2,8 @@
 
 A run directory holds the SANE and its tokenizer, so nothing of the zoo or the token store is
 needed (:class:`sane.pipeline.Pipeline`): each checkpoint is aligned to the zoo's reference,
-standardized, tokenized and encoded whole (haloed); its token latents are averaged.
+standardized, tokenized and encoded whole (haloed); its token latents are averaged, and that
+vector averaged over random permutations of the aligned model (:meth:`Pipeline.embed`).
 Checkpoint files are safetensors or PyTorch files read with ``weights_only=True``.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sane.downstream.features import PERMUTATIONS
 from sane.downstream.ood import OODReference
 from sane.errors import FormatError
 from sane.pipeline import Pipeline
@@ -47,13 +49,13 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def embed_checkpoints(run: str | Path, paths: Sequence[str | Path], *, device: str = "cpu",
-                      precision: str = "auto") -> np.ndarray:
+                      precision: str = "auto", permutations: int = PERMUTATIONS) -> np.ndarray:
     """Embeddings ``[len(paths), d_z]`` float64 of checkpoint files with the SANE and tokenizer
     saved in the run directory ``run``, computed on ``device`` in ``precision``
-    (:meth:`Pipeline.from_pretrained`); a checkpoint that does not fit is named in the
-    error."""
+    (:meth:`Pipeline.from_pretrained`) and averaged over ``permutations`` random permutations
+    (:meth:`Pipeline.embed`); a checkpoint that does not fit is named in the error."""
     pipe = Pipeline.from_pretrained(run, device=device, precision=precision)
-    return pipe.embed(read_fitting(pipe, paths))
+    return pipe.embed(read_fitting(pipe, paths), permutations=permutations)
 
 
 def read_fitting(pipe: Pipeline, paths: Sequence[str | Path]) -> list[dict[str, torch.Tensor]]:

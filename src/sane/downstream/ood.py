@@ -12,7 +12,7 @@ farther from the zoo than 99 % of the zoo's models lie from each other, so a pro
 for it extrapolates. Its ``distance`` is the largest ratio of distance to threshold over the
 spaces (above 1: flagged).
 
-Why two spaces (measured; README "Property prediction"): the SANE embedding of CNN-s trained
+Why two spaces (measured; README, ``sane probe``): the SANE embedding of CNN-s trained
 on digits with the zoo's own Fashion-MNIST recipe lies as close to the zoo as its held-out
 models do, while their per-layer weight statistics lie beyond the threshold.
 

@@ -220,7 +220,10 @@ def _markdown(result: ProbeResult, properties: Sequence[str]) -> str:
              "Test R² and Kendall τ of linear probes fitted on the training split's "
              "checkpoints, their strength chosen on the validation split; in brackets the "
              "95 % bootstrap interval over test *models*. Rows: test accuracy (Acc), epoch "
-             "(Ep), generalization gap (GGap), as in SANE's Table 1.", "",
+             "(Ep), generalization gap (GGap), as in SANE's Table 1."
+             + ("" if result.ood is None else
+                f" SANE embeddings are averaged over the aligned model and "
+                f"{result.ood['permutations']} random permutations of it."), "",
              "## R²", "", markdown_table(result.rows, "r2"), "",
              "## Kendall τ", "", markdown_table(result.rows, "tau"), "",
              *(f"![{PROPERTY_LABELS.get(p, p)}](scatter-{p}.png)" for p in properties), ""]
