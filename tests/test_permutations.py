@@ -17,7 +17,13 @@ from sane.weights import (
     permutation_spec,
     random_permutation,
 )
-from sane.weights.permutations import block_index, compose, identity_permutation, invert
+from sane.weights.permutations import (
+    PermutedState,
+    block_index,
+    compose,
+    identity_permutation,
+    invert,
+)
 from sane.zoo.architectures import ArchConfig, build_model
 
 
@@ -320,3 +326,17 @@ def sequential(*layers: nn.Module) -> nn.Module:
 def test_unsupported_graphs_raise_config_error(model: nn.Module, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         permutation_spec(model)
+
+
+def test_a_permuted_state_is_apply_permutation_made_entry_by_entry() -> None:
+    model = build_model(ArchConfig(name="cnn_s"), seed=0)
+    spec = permutation_spec(model)
+    state = model.state_dict()
+    perms = random_permutation(spec, torch.Generator().manual_seed(3))
+    lazy, eager = PermutedState(state, spec, perms), apply_permutation(state, spec, perms)
+    assert list(lazy) == list(eager) and len(lazy) == len(eager)
+    for key in reversed(list(state)):
+        assert torch.equal(lazy[key], eager[key]), key
+    assert len(lazy._recent) == 2  # a layer's weight and bias, not the whole model
+    with pytest.raises(FormatError):
+        PermutedState({k: v for k, v in list(state.items())[1:]}, spec, perms)

@@ -129,19 +129,49 @@ def apply_permutation(
     check_permutations(spec, perms)
     if set(state_dict) != set(spec.axes):
         raise FormatError(_key_mismatch("state dict", state_dict, spec))
-    out = {}
-    for key, tensor in state_dict.items():
-        names = spec.axes[key]
-        if tensor.dim() != len(names):
-            raise FormatError(
-                f"state dict key {key!r}: {tensor.dim()}-d tensor, the spec has {len(names)} axes"
-            )
-        for axis, name in enumerate(names):
-            if name is not None:
-                index = block_index(perms[name], tensor.shape[axis], f"{key!r} axis {axis}")
-                tensor = tensor.index_select(axis, index)
-        out[key] = tensor
-    return out
+    return {key: _permuted(key, tensor, spec, perms) for key, tensor in state_dict.items()}
+
+
+class PermutedState(Mapping[str, torch.Tensor]):
+    """``apply_permutation(state_dict, spec, perms)`` made entry by entry as it is read, the
+    last two entries read kept (a layer's weight and bias), so that a permuted model is read
+    in order (e.g. by :func:`~sane.weights.token_ranges.token_reader`) without a permuted copy
+    of all its weights."""
+
+    def __init__(self, state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec,
+                 perms: Mapping[str, torch.Tensor]) -> None:
+        check_permutations(spec, perms)
+        if set(state_dict) != set(spec.axes):
+            raise FormatError(_key_mismatch("state dict", state_dict, spec))
+        self._state, self._spec, self._perms = state_dict, spec, perms
+        self._recent: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._recent:
+            tensor = _permuted(key, self._state[key], self._spec, self._perms)
+            self._recent = {**dict(list(self._recent.items())[-1:]), key: tensor}
+        return self._recent[key]
+
+    def __iter__(self):
+        return iter(self._state)
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+
+def _permuted(key: str, tensor: torch.Tensor, spec: PermutationSpec,
+              perms: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Entry ``key`` of the state dict, ``tensor``, gathered along its permuted axes."""
+    names = spec.axes[key]
+    if tensor.dim() != len(names):
+        raise FormatError(
+            f"state dict key {key!r}: {tensor.dim()}-d tensor, the spec has {len(names)} axes"
+        )
+    for axis, name in enumerate(names):
+        if name is not None:
+            index = block_index(perms[name], tensor.shape[axis], f"{key!r} axis {axis}")
+            tensor = tensor.index_select(axis, index)
+    return tensor
 
 
 def block_index(perm: torch.Tensor, size: int, where: str = "axis") -> torch.Tensor:

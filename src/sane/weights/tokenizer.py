@@ -34,7 +34,12 @@ from sane.errors import ConfigError, FormatError
 from sane.weights.align import Alignment, align_zoo
 from sane.weights.manifest import TokenManifest
 from sane.weights.matching import weight_matching
-from sane.weights.permutations import PermutationSpec, apply_permutation, permutation_spec
+from sane.weights.permutations import (
+    PermutationSpec,
+    PermutedState,
+    apply_permutation,
+    permutation_spec,
+)
 from sane.weights.standardize import Standardization, fit_standardization
 from sane.weights.token_ranges import detokenize_pieces, token_reader
 from sane.weights.tokenize import make_manifest
@@ -104,15 +109,16 @@ class Tokenizer:
         ``state_dict``, made when asked (standardized on the fly), so that a large model is
         encoded in pieces without its whole token sequence. With ``permutation`` (one
         permutation per group of :attr:`spec`), the tokens of the aligned model permuted by
-        it. ``aligned``: ``state_dict`` is already :meth:`aligned` (no weight matching again).
-        The reader holds the canonical state dict (the caller's tensors, or their aligned or
-        permuted copy)."""
+        it, each entry permuted as it is read (:class:`PermutedState`, no permuted copy of the
+        model). ``aligned``: ``state_dict`` is already :meth:`aligned` (no weight matching
+        again). The reader holds the canonical state dict (the caller's tensors, or their
+        aligned copy)."""
         state = self.canonical(state_dict) if aligned else self.aligned(state_dict)
         if permutation is not None:
             if self.spec is None:
                 raise ConfigError("this tokenizer's architecture has no permutation spec: "
                                   "nothing to permute")
-            state = apply_permutation(state, self.spec, permutation)
+            state = PermutedState(state, self.spec, permutation)
         return token_reader(state, self.manifest, transform=self.standardization.standardize,
                             dtype=torch.float32)
 
