@@ -23,7 +23,7 @@ Saved with a pretraining run as ``RUN/ood.json`` (thresholds, percentile, models
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,6 @@ class OODReference:
     thresholds: dict[str, float]
     percentile: float
     permutations: int = 0
-    _scales: dict[str, tuple[np.ndarray, np.ndarray]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.features or set(self.features) - set(SPACES):
@@ -64,11 +63,6 @@ class OODReference:
         if set(self.thresholds) != set(self.features):
             raise FormatError(f"thresholds for {sorted(self.thresholds)}, features for "
                               f"{sorted(self.features)}")
-        scales = {}
-        for space, x in self.features.items():
-            std = x.std(axis=0)
-            scales[space] = (x.mean(axis=0), np.where(std > 0, std, 1.0))
-        object.__setattr__(self, "_scales", scales)
 
     @classmethod
     def fit(cls, features: Mapping[str, np.ndarray], models: Sequence[str],
@@ -81,13 +75,14 @@ class OODReference:
             raise ConfigError("an out-of-distribution reference needs at least two models")
         if not 0 < percentile <= 100:
             raise ConfigError(f"percentile must lie in (0, 100], got {percentile}")
-        unfitted = cls(features, models, {s: np.inf for s in features}, percentile,
-                       permutations)
         same = np.asarray(models)[:, None] == np.asarray(models)[None, :]
         thresholds = {}
-        for space in features:
-            x = unfitted._standardized(space, features[space])
-            distances = _pairwise(x, x)
+        for space, x in features.items():
+            if x.ndim != 2:
+                raise FormatError(f"{space} reference features must be [M, d], got "
+                                  f"{list(x.shape)}")
+            standardized = _standardized(x, x)
+            distances = _pairwise(standardized, standardized)
             distances[same] = np.inf
             thresholds[space] = float(np.percentile(distances.min(axis=1), percentile))
         return cls(features, models, thresholds, percentile, permutations)
@@ -106,8 +101,8 @@ class OODReference:
                                   f"{list(q.shape)}")
             if not np.isfinite(q).all():
                 raise FormatError(f"{space} queries hold non-finite values")
-            out[space] = _pairwise(self._standardized(space, q),
-                                   self._standardized(space, reference)).min(axis=1)
+            out[space] = _pairwise(_standardized(q, reference),
+                                   _standardized(reference, reference)).min(axis=1)
         if len({len(d) for d in out.values()}) != 1:
             raise FormatError("the queries hold different numbers of rows per space")
         return out
@@ -163,9 +158,11 @@ class OODReference:
         except (KeyError, TypeError, ValueError, OSError) as error:
             raise FormatError(f"{path}: malformed ({error!r})") from error
 
-    def _standardized(self, space: str, x: np.ndarray) -> np.ndarray:
-        mean, std = self._scales[space]
-        return (x - mean) / std
+def _standardized(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``x [Q, d]`` less the mean of ``reference [M, d]``, over its standard deviation (1 for a
+    feature constant over the reference)."""
+    std = reference.std(axis=0)
+    return (x - reference.mean(axis=0)) / np.where(std > 0, std, 1.0)
 
 
 def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
