@@ -23,7 +23,8 @@ def random_store(tmp_path_factory) -> TokenStore:
     for i, entry in enumerate(zoo.models):
         for e in range(3):
             zoo.write_epoch(entry.id, e, build_model(arch, seed=100 * i + e).state_dict(),
-                            {"test_acc": 0.1 * e + 0.01 * i, "train_acc": 0.2 * e})
+                            {"test_acc": 0.1 * e + 0.01 * i, "val_acc": 0.1 * e + 0.02 * i,
+                             "train_acc": 0.2 * e})
     return prepare_store(zoo.path, tmp_path_factory.mktemp("store"), StoreSettings(align=True),
                          progress=False)
 

@@ -1,4 +1,5 @@
-"""Memorization controls: nearest prompt, distance, agreement and the two baselines."""
+"""Novelty of kept models: nearest prompt, distance, agreement, error overlap, nearest
+training model."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from sane.downstream.memorization import agreement, flatten, memorization_controls
+from sane.downstream.memorization import (
+    agreement,
+    error_overlap,
+    novelty,
+    predictions,
+    prompt_distance,
+    training_distance,
+)
+from sane.downstream.sampling import flatten
 
 KEYS = ("weight", "bias")
 
@@ -17,63 +26,63 @@ def _linear(state):
     return net
 
 
-def test_controls_measure_distance_agreement_and_score_both_baselines():
-    g = torch.Generator().manual_seed(0)
-    prompts = [_linear_state(g) for _ in range(2)]
-    offset = torch.randn(15, generator=g, dtype=torch.float64)
-    offset *= 3 / offset.norm()
-    sample = {"weight": prompts[1]["weight"] + offset[:12].view(3, 4).float(),
-              "bias": prompts[1]["bias"] + offset[12:].float()}
-    inputs = torch.randn(200, 4, generator=g)
-    seen = []
-
-    def score(state):
-        seen.append(state)
-        return float(torch.linalg.vector_norm(flatten(state, KEYS) - flatten(prompts[1], KEYS)))
-
-    out = memorization_controls([sample], prompts, KEYS, load=_linear, score=score,
-                                inputs=inputs, seed=0)
-    assert out.nearest == [1] and out.distance[0] == pytest.approx(3, rel=1e-5)
-    assert out.agreement[0] == agreement(_linear(sample), _linear(prompts[1]), inputs)
-    assert 0 < out.agreement[0] < 1
-    # The noised prompt lies about as far from its prompt as the sample does.
-    assert out.baselines["noised prompts"][0] == pytest.approx(3, rel=0.5)
-    average = seen[-1]
-    for key in KEYS:
-        torch.testing.assert_close(average[key], (prompts[0][key] + prompts[1][key]) / 2)
-    assert out.prompt_distance == pytest.approx(
-        float((flatten(prompts[0], KEYS) - flatten(prompts[1], KEYS)).norm()))
-    high, low = out.to_dict([10.0])["baselines"], out.to_dict([0.0])["baselines"]
-    assert high["prompt averages"]["mean"] == out.baselines["prompt averages"][0]
-    assert all(b["samples_beat_it"] is True for b in high.values())
-    assert all(b["samples_beat_it"] is False for b in low.values())
-
-
-def test_a_single_prompt_has_no_average_baseline():
-    g = torch.Generator().manual_seed(1)
-    prompt = _linear_state(g)
-    out = memorization_controls([prompt], [prompt], KEYS, load=_linear, score=lambda s: 0.0,
-                                inputs=torch.randn(10, 4, generator=g))
-    assert out.distance == [0.0] and out.agreement == [1.0]
-    assert out.baselines["prompt averages"] == [] and out.prompt_distance is None
-    assert out.to_dict([0.0])["baselines"]["prompt averages"]["samples_beat_it"] is None
-
-
 def _linear_state(g):
     return {"weight": torch.randn(3, 4, generator=g), "bias": torch.randn(3, generator=g)}
 
 
-def test_baselines_get_the_samplers_selection():
+def _offset(state, norm, g):
+    offset = torch.randn(15, generator=g, dtype=torch.float64)
+    offset *= norm / offset.norm()
+    return {"weight": state["weight"] + offset[:12].view(3, 4).float(),
+            "bias": state["bias"] + offset[12:].float()}
+
+
+def test_novelty_measures_against_the_nearest_prompt_and_training_model():
+    g = torch.Generator().manual_seed(0)
+    prompts = [_linear_state(g) for _ in range(2)]
+    training = [_linear_state(g) for _ in range(3)]
+    sample = _offset(prompts[1], 3.0, g)
+    inputs = torch.randn(200, 4, generator=g)
+    labels = torch.randint(0, 3, (200,), generator=g)
+    [n] = novelty([sample], prompts, KEYS, load=_linear, inputs=inputs, labels=labels,
+                  training=training)
+    assert n.nearest_prompt == 1 and n.distance == pytest.approx(3, rel=1e-5)
+    assert n.agreement == agreement(_linear(sample), _linear(prompts[1]), inputs)
+    assert 0 < n.agreement < 1
+    own, prompt = predictions(_linear(sample), inputs), predictions(_linear(prompts[1]), inputs)
+    assert n.error_overlap == error_overlap(own, prompt, labels)
+    expected = min(float((flatten(sample, KEYS) - flatten(t, KEYS)).norm()) for t in training)
+    assert n.nearest_training == pytest.approx(expected)
+    [alone] = novelty([sample], prompts, KEYS, load=_linear, inputs=inputs, labels=labels)
+    assert alone.nearest_training is None
+
+
+def test_error_overlap_is_the_jaccard_index_of_the_error_sets():
+    labels = torch.tensor([0, 0, 0, 0, 0])
+    a = torch.tensor([1, 1, 0, 0, 0])  # wrong on 0, 1
+    b = torch.tensor([0, 1, 1, 0, 0])  # wrong on 1, 2
+    assert error_overlap(a, b, labels) == pytest.approx(1 / 3)
+    assert error_overlap(labels, labels, labels) == 1.0  # neither wrong anywhere
+    assert error_overlap(a, a, labels) == 1.0
+
+
+def test_a_copy_has_distance_zero_full_agreement_and_shared_errors():
+    g = torch.Generator().manual_seed(1)
+    prompt = _linear_state(g)
+    inputs = torch.randn(50, 4, generator=g)
+    [n] = novelty([prompt], [prompt], KEYS, load=_linear, inputs=inputs,
+                  labels=torch.zeros(50, dtype=torch.long))
+    assert (n.distance, n.agreement, n.error_overlap) == (0.0, 1.0, 1.0)
+
+
+def test_spreads_of_prompts_and_training_models():
     g = torch.Generator().manual_seed(2)
-    prompts = [_linear_state(g) for _ in range(3)]
-    calls = []
-
-    def score(state):
-        calls.append(state)
-        return float(len(calls))  # later candidates score higher
-
-    out = memorization_controls(prompts[:2], prompts, KEYS, load=_linear, score=score,
-                                inputs=torch.randn(10, 4, generator=g), candidates=4)
-    assert len(calls) == 2 * 4 + 2 * 4  # every kept model's baselines: 4 candidates each
-    assert out.baselines["noised prompts"] == [4.0, 8.0]  # the best of each four
-    assert out.baselines["prompt averages"] == [12.0, 16.0]
+    base = _linear_state(g)
+    near = _offset(base, 1.0, g)
+    far = _offset(base, 10.0, g)
+    assert prompt_distance([base], KEYS) is None and training_distance([base], KEYS) is None
+    pairs = [float((flatten(a, KEYS) - flatten(b, KEYS)).norm())
+             for a, b in ((base, near), (base, far), (near, far))]
+    assert prompt_distance([base, near, far], KEYS) == pytest.approx(sum(pairs) / 3)
+    # nearest other model: base 1, near 1, far min(10, |far - near|); the median is 1
+    assert training_distance([base, near, far], KEYS) == pytest.approx(1.0, rel=1e-5)

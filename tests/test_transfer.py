@@ -68,16 +68,18 @@ def test_an_exact_autoencoder_samples_the_target_prompts_themselves(trained_stor
                                    prompts_from=wide_zoo.path,
                                    config=SamplingConfig(samples=4, keep=2, bandwidth=0.0))
     [group] = report.architectures
-    assert group["architecture"]["name"] == "cnn_s_wide"
+    assert group.architecture["name"] == "cnn_s_wide"
     assert not zoo_prompts(wide_zoo.path, trained_store.tokenizer, 1).fresh  # 10 classes too
     for prompt in report.prompts:
-        recorded = {r["epoch"]: r for r in wide_zoo.metrics(prompt["model"])}[2]["val_acc"]
-        assert prompt["epoch"] == 2 and prompt["score"] == pytest.approx(recorded, abs=0.01)
+        recorded = {r["epoch"]: r for r in wide_zoo.metrics(prompt.model)}[2]
+        assert prompt.epoch == 2 and prompt.selection == pytest.approx(recorded["val_acc"],
+                                                                       abs=0.01)
+        assert prompt.report == pytest.approx(recorded["test_acc"], abs=0.01)
     for sample in report.samples:
-        prompt = next(p for p in report.prompts if p["model"] == sample["nearest_prompt"])
-        assert sample["score"] == pytest.approx(prompt["score"], abs=1e-9)
+        prompt = next(p for p in report.prompts if p.model == sample.nearest_prompt)
+        assert sample.report == pytest.approx(prompt.report, abs=1e-9)
         net = build_model(ArchConfig(name="cnn_s_wide"))
-        net.load_state_dict(load_file(str(tmp_path / "out" / sample["file"])))
+        net.load_state_dict(load_file(str(tmp_path / "out" / sample.file)))
 
 
 @pytest.mark.slow
@@ -98,7 +100,7 @@ def test_sane_sample_prompts_from_a_wider_zoo_and_finetune(trained_store, wide_z
         net.load_state_dict(load_file(str(out / sample["file"])))
         assert net.module_list[0].weight.shape == (16, 1, 5, 5)
     assert main(["finetune", str(out), "--epochs", "1"]) == 0
-    tuned = json.loads((out / "finetune.json").read_text())["accuracy"]
+    tuned = json.loads((out / "finetune.json").read_text())["splits"]["test"]
     assert {k: len(v) for k, v in tuned.items()} == {"sampled": 2, "random init": 2,
                                                      "prompts": 2}
     capsys.readouterr()
@@ -135,7 +137,7 @@ def test_batch_norm_resnets_pretrain_sample_and_transfer_to_a_deeper_resnet(tmp_
     report = stage.sample_from_run(tmp / "run", tmp / "samples", prompts=3,
                                    config=SamplingConfig(samples=3, keep=2))
     for sample in report.samples:
-        state = load_file(str(tmp / "samples" / sample["file"]))
+        state = load_file(str(tmp / "samples" / sample.file))
         assert int(state["bn1.num_batches_tracked"]) == 10  # conditioned on 10 batches
         assert not torch.equal(state["bn1.running_var"], torch.ones(8))
         build_model(ArchConfig(name="resnet_s")).load_state_dict(state)
@@ -145,13 +147,13 @@ def test_batch_norm_resnets_pretrain_sample_and_transfer_to_a_deeper_resnet(tmp_
     monkeypatch.setattr(stage, "SANE", IdentitySANE)
     exact = stage.sample_from_run(tmp / "run", tmp / "deep", prompts=2, prompts_from=deep.path,
                                   config=SamplingConfig(samples=2, keep=2, bandwidth=0.0))
-    assert {g["architecture"]["name"] for g in exact.architectures} == {"resnet_s_deep"}
+    assert {g.architecture["name"] for g in exact.architectures} == {"resnet_s_deep"}
     prompts = zoo_prompts(deep.path, Tokenizer.from_pretrained(tmp / "run"), 2)
     for sample in exact.samples:
-        prompt = next(p for p in exact.prompts if p["model"] == sample["nearest_prompt"])
-        state = load_file(str(tmp / "deep" / sample["file"]))
+        prompt = next(p for p in exact.prompts if p.model == sample.nearest_prompt)
+        state = load_file(str(tmp / "deep" / sample.file))
         build_model(ArchConfig(name="resnet_s_deep")).load_state_dict(state)
-        source = prompts.states[[m for m, _ in prompts.ids].index(prompt["model"])]
+        source = prompts.states[[m for m, _ in prompts.ids].index(prompt.model)]
         for key in prompts.tokenizer.manifest.tokenized_keys():
             torch.testing.assert_close(state[key], source[key], rtol=1e-5, atol=1e-6)
         assert int(state["layer2.1.bn2.num_batches_tracked"]) == 10
@@ -181,7 +183,7 @@ def test_a_classifier_for_another_class_count_is_reinitialized(trained_store, mo
                                    config=SamplingConfig(samples=2, keep=2, bandwidth=0.0))
     fresh = build_model(arch, seed=0).state_dict()
     for sample in report.samples:
-        state = load_file(str(tmp_path / "out" / sample["file"]))
-        source = prompts.states[[m for m, _ in prompts.ids].index(sample["nearest_prompt"])]
+        state = load_file(str(tmp_path / "out" / sample.file))
+        source = prompts.states[[m for m, _ in prompts.ids].index(sample.nearest_prompt)]
         assert all(torch.equal(state[k], fresh[k]) for k in head)
         torch.testing.assert_close(state["module_list.0.weight"], source["module_list.0.weight"])

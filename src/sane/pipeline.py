@@ -166,7 +166,7 @@ class Pipeline:
         bank = torch.stack(latents)
         del latents  # views of the encoder's output: one copy of the latents is enough
         noise_std = bandwidth * (latent_spread(bank) if relative else 1.0)
-        drawn = kde_sample(bank, count, noise_std, torch.Generator().manual_seed(seed))
+        drawn, _ = kde_sample(bank, count, noise_std, torch.Generator().manual_seed(seed))
         del bank
         return self._decoded(drawn, prompts[0])
 

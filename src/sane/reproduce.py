@@ -53,7 +53,9 @@ class Scale:
     :data:`PROTOCOLS`); ``finetune_epochs`` of fine-tuning follow sampling (0: none);
     ``transfer`` names target architectures for the transfer stage, each prompted by
     ``transfer_prompts`` models of the ``transfer_preset`` recipe (default: the zoo's)
-    trained for ``transfer_epochs`` epochs; ``analysis`` runs the layer analysis."""
+    trained for ``transfer_epochs`` epochs; every sampling runs with ``seeds`` seeds;
+    ``frontier`` the bandwidths of the novelty–quality frontier (none: no frontier stage);
+    ``analysis`` runs the layer analysis."""
 
     zoo_preset: str
     models: int
@@ -75,6 +77,8 @@ class Scale:
     transfer_prompts: int = 3
     transfer_epochs: int = 2
     transfer_preset: str | None = None
+    seeds: int = 3
+    frontier: tuple[float, ...] = ()
     analysis: bool = True
 
     def __post_init__(self) -> None:
@@ -82,9 +86,11 @@ class Scale:
         if unknown or not self.protocols:
             raise ConfigError(f"scale protocols must be some of {list(PROTOCOLS)}, got "
                               f"{list(self.protocols)}")
-        if self.finetune_epochs and "SUB" not in self.protocols:
-            raise ConfigError("fine-tuning compares against the SUB protocol's prompts: "
-                              "include SUB or set finetune_epochs = 0")
+        if self.seeds < 1:
+            raise ConfigError(f"scale seeds must be at least 1, got {self.seeds}")
+        if len(set(self.frontier)) == 1:
+            raise ConfigError(f"a frontier needs at least two bandwidths, got "
+                              f"{list(self.frontier)}")
         if self.transfer and (self.finetune_epochs < 1 or self.transfer_prompts < 1
                               or self.transfer_epochs < 1):
             raise ConfigError("the transfer stage fine-tunes: it needs finetune_epochs, "
@@ -92,15 +98,17 @@ class Scale:
 
 
 PROTOCOLS = ("KDE30", "SUB", "BOOT", "GAUSS")
+FRONTIER = (0.1, 0.25, 0.5, 1.0)
 SCALES = {
-    "demo": Scale("digits-cnn-s-seed", models=12, epochs=5, train_size=None, max_abs=100.0,
-                  pretrain_preset="cpu", pretrain_epochs=15, batch_size=8, prompts=5,
+    "demo": Scale("digits-cnn-s-seed", models=34, epochs=5, train_size=None, max_abs=100.0,
+                  pretrain_preset="cpu", pretrain_epochs=6, batch_size=8, prompts=5,
                   samples=20, keep=5, rounds=1, prior_std=1.0, finetune_epochs=0,
-                  protocols=("SUB",), analysis=False),
+                  protocols=("SUB",), seeds=2, analysis=False),
     "quick": Scale("digits-cnn-s-hyp", models=40, epochs=10, train_size=None, max_abs=100.0,
                    pretrain_preset="cpu", pretrain_epochs=30, batch_size=16, prompts=5,
                    samples=20, keep=5, rounds=3, prior_std=1.0,
-                   transfer=("cnn_s_wide", "cnn_s_deep"), transfer_preset="digits-cnn-s-seed"),
+                   transfer=("cnn_s_wide", "cnn_s_deep"), transfer_preset="digits-cnn-s-seed",
+                   frontier=FRONTIER),
     "fmnist": Scale("fmnist-cnn-s-hyp", models=100, epochs=10, train_size=10_000,
                     max_abs=100.0, pretrain_preset="small", pretrain_epochs=50, batch_size=32,
                     prompts=10, samples=50, keep=10, rounds=3, prior_std=1.0),
@@ -108,7 +116,7 @@ SCALES = {
                          max_abs=100.0, pretrain_preset="cpu", pretrain_epochs=100,
                          batch_size=32, prompts=10, samples=50, keep=10, rounds=3,
                          prior_std=1.0, store_epochs=(1, 5),
-                         transfer=("cnn_s_wide", "cnn_s_deep")),
+                         transfer=("cnn_s_wide", "cnn_s_deep"), frontier=FRONTIER),
 }
 
 
@@ -129,7 +137,7 @@ def run_reproduction(out: str | Path, scale: Scale, *, progress: bool = True) ->
         raise ConfigError(f"{out} holds a reproduction at another scale (see {settings}); "
                           "choose another --out or remove it")
     atomic.write_json(settings, resolved)
-    stages = 5 + bool(scale.transfer) + scale.analysis
+    stages = 5 + bool(scale.transfer) + bool(scale.frontier) + scale.analysis
     print(f"1/{stages} training {scale.models} models ({scale.zoo_preset}, {scale.epochs} "
           "epochs)")
     config = load_config(scale.zoo_preset, models=scale.models, epochs=scale.epochs,
@@ -152,9 +160,16 @@ def run_reproduction(out: str | Path, scale: Scale, *, progress: bool = True) ->
     print(f"5/{stages} sampling models" + (" and fine-tuning them (SANE Table 3)"
                                            if scale.finetune_epochs else ""))
     generation = sample_and_finetune(out, store, scale)
+    step = 5
+    if scale.frontier:
+        step += 1
+        print(f"{step}/{stages} the novelty-quality frontier at bandwidths "
+              f"{', '.join(f'{b:g}' for b in scale.frontier)}")
+        generation += "\n" + novelty_quality_frontier(out, scale)
     if scale.transfer:
-        print(f"6/{stages} sampling for new architectures: {', '.join(scale.transfer)}")
-        generation += transfer_to_new_architectures(out, scale, progress=progress)
+        step += 1
+        print(f"{step}/{stages} sampling for new architectures: {', '.join(scale.transfer)}")
+        generation += "\n" + transfer_to_new_architectures(out, scale, progress=progress)
     analysis = None
     if scale.analysis:
         print(f"{stages}/{stages} layer analysis")
@@ -215,10 +230,11 @@ def write_report(out: Path, scale: Scale, zoo: Any, store: Any, pretrained: Any,
 
 def sample_and_finetune(out: Path, store: Any, scale: Scale) -> str:
     """SANE Table 3 for the scale's protocols: models sampled by KDE30, subsampling (SUB),
-    bootstrapping (BOOT) and bootstrapping from a Gaussian prior (GAUSS), zero-shot and
-    fine-tuned, against training from scratch and fine-tuning the prompts; with the
-    memorization controls. Returns the report's Markdown section."""
-    from sane import markdown
+    bootstrapping (BOOT) and bootstrapping from a Gaussian prior (GAUSS), each with
+    ``scale.seeds`` sampling seeds, selected on validation and reported on test, against
+    copy baselines of the same budget; the first seed's models fine-tuned beside each
+    protocol's own prompts and training from scratch. Returns the report's Markdown
+    section."""
     from sane.downstream.sampling import SamplingConfig
     from sane.stages.finetune import accuracy_table, finetune_samples, plot_accuracy_curves
     from sane.stages.sample import sample_from_run
@@ -237,67 +253,152 @@ def sample_and_finetune(out: Path, store: Any, scale: Scale) -> str:
     sampled, tuned = {}, {}
     for name in scale.protocols:
         prompts, best, config = settings[name]
-        folder = out / f"samples-{name.lower()}"
-        sampled[name] = sample_from_run(out / "sane", folder, prompts=prompts,
-                                        best_prompts=best, config=config)
+        folders = [out / f"samples-{name.lower()}" / f"seed-{seed}"
+                   for seed in range(scale.seeds)]
+        sampled[name] = [sample_from_run(out / "sane", folder, prompts=prompts,
+                                         best_prompts=best,
+                                         config=dataclasses.replace(config, seed=seed))
+                         for seed, folder in enumerate(folders)]
         if scale.finetune_epochs:
-            tuned[name] = finetune_samples(folder, epochs=scale.finetune_epochs,
-                                           baselines=name == "SUB").accuracy
+            tuned[name] = finetune_samples(
+                folders[0], epochs=scale.finetune_epochs, prompts=name != "GAUSS",
+                random_init=name == scale.protocols[0]).accuracy
     described = {
-        "KDE30": f"KDE30 draws {scale.keep} models around the best 30 % ({kde30}) of the "
-                 "training models",
+        "KDE30": f"KDE30 draws {scale.keep} models around the {kde30} training models most "
+                 "accurate on validation (the best 30 %)",
         "SUB": f"SUB keeps the {scale.keep} best of {scale.samples} draws around the first "
                f"{scale.prompts} training models",
         "BOOT": f"BOOT repeats SUB for {scale.rounds} rounds",
-        "GAUSS": f"GAUSS starts BOOT from N(0, {scale.prior_std}²) latents",
+        "GAUSS": f"GAUSS starts BOOT from N(0, {scale.prior_std}²) latents (compared with "
+                 "SUB's prompts)",
     }
-    lines = ["## Model generation (SANE Table 3): validation accuracy", "",
+    lines = ["## Model generation (SANE Table 3): selected on validation, reported on test", "",
              "Prompts: each model's last stored epoch; "
-             + "; ".join(described[name] for name in scale.protocols) + ".", ""]
+             + "; ".join(described[name] for name in scale.protocols)
+             + f". Each protocol runs with {scale.seeds} sampling seed"
+             + ("s" if scale.seeds > 1 else "") + "; every accuracy is on the test split.", ""]
     if tuned:
-        groups = {"training from scratch": tuned["SUB"]["random init"],
-                  "fine-tuned prompts": tuned["SUB"]["prompts"],
-                  **{f"SANE_{name}": result["sampled"] for name, result in tuned.items()}}
+        groups = {"training from scratch": tuned[scale.protocols[0]]["random init"]}
+        for name, result in tuned.items():
+            if "prompts" in result:
+                groups[f"{name} prompts"] = result["prompts"]
+            groups[f"SANE_{name}"] = result["sampled"]
         plot_accuracy_curves(groups, out / "generation.png")
-        lines += [f"Every group is fine-tuned the same way for {scale.finetune_epochs} epochs "
-                  "(Adam 1e-3, batch 32); training from scratch starts from as many random "
-                  "initializations. Mean ± std:", "",
+        lines += [f"Fine-tuned (the first seed's models; Adam 1e-3, batch 32, "
+                  f"{scale.finetune_epochs} epochs; training from scratch starts from as many "
+                  "random initializations). Test accuracy, mean ± std over the models:", "",
                   accuracy_table(groups, sorted({0, 1, scale.finetune_epochs})), "",
                   "![fine-tuning](generation.png)", ""]
-    rows = [_memorization_row(f"SANE_{name}", result) for name, result in sampled.items()]
+    return "\n".join([*lines, "### Against copies of the prompts (zero-shot)", "",
+                      copies_table({f"SANE_{n}": r for n, r in sampled.items()}), ""])
+
+
+def novelty_quality_frontier(out: Path, scale: Scale) -> str:
+    """SUB's setting (first seed) at each bandwidth of ``scale.frontier``
+    (:func:`sane.stages.frontier.sample_frontier`, into ``OUT/frontier``); returns the
+    report's Markdown section."""
+    from sane.downstream.sampling import SamplingConfig
+    from sane.stages.frontier import frontier_markdown, sample_frontier
+    from sane.stages.sample import SampleResult
+
+    frontier = sample_frontier(out / "sane", out / "frontier", scale.frontier,
+                               config=SamplingConfig(samples=scale.samples, keep=scale.keep),
+                               prompts=scale.prompts)
+    first = SampleResult.load(out / "frontier" / f"bandwidth-{min(scale.frontier):g}")
+    section = frontier_markdown(frontier, first).replace("# ", "### ", 1)
+    return section.replace("](frontier.png)", "](frontier/frontier.png)")
+
+
+def copies_table(results: dict[str, list[Any]]) -> str:
+    """Per protocol (its :class:`~sane.stages.sample.SampleResult` per sampling seed): kept
+    samples, their prompts and every copy baseline on the test split, the measures of
+    novelty, and SANE − the strongest baseline with its 95 % interval over prompts, pooled
+    over the seeds; with the sentence that explains the columns."""
+    from sane import markdown
+    from sane.downstream.copies import COPIES
+    from sane.stages.sample import compare
+
+    rows = []
+    for name, runs in results.items():
+        comparison = compare(runs)
+        samples = [s for r in runs for s in r.samples]
+        apart = _mean([a.prompt_distance for r in runs for a in r.architectures])
+        spread = _mean([a.training_distance for r in runs for a in r.architectures])
+        nearest = _mean([s.nearest_training for s in samples])
+        verdict = comparison.verdict
+        rows.append([
+            name, f"{_mean([r.kept_mean for r in runs]):.3f}"
+            + (f" ± {_std([r.kept_mean for r in runs]):.3f}" if len(runs) > 1 else ""),
+            f"{_mean([r.last_draws_mean() for r in runs]):.3f}",
+            f"{_mean([r.prompt_mean for r in runs]):.3f}",
+            f"{_mean([s.distance for s in samples]):.2f}" + _bracket(apart),
+            "" if nearest != nearest else f"{nearest:.2f}" + _bracket(spread),
+            f"{_mean([s.agreement for s in samples]):.1%}",
+            f"{_mean([s.error_overlap for s in samples]):.2f}",
+            *(_number(_mean([r.baseline_mean(b) for r in runs])) for b in COPIES),
+            "" if verdict is None else f"{verdict.difference:+.3f}"
+            + ("" if verdict.interval is None
+               else f" [{verdict.interval[0]:+.3f}, {verdict.interval[1]:+.3f}]")
+            + f" vs {verdict.baseline}",
+            "" if verdict is None else verdict.verdict])
     return "\n".join([
-        *lines, "### Memorization controls (zero-shot)", "",
-        "Distances are L2 in aligned weight space; agreement is the share of validation "
-        "inputs on which a sample and its nearest prompt predict the same class; the "
-        "baselines are scored like the samples, each of their models the best of as many "
-        "candidates as the sampler drew per kept model (see `samples-*/samples.md`).", "",
-        markdown.table(["protocol", "kept: mean", "all draws: mean", "prompts: mean",
-                        "kept / prompts", "distance to nearest prompt", "prompts apart",
-                        "agreement", "noised prompts", "prompt averages"], rows), "",
-    ])
+        "Test accuracy of the kept samples (mean ± sd over seeds), of all draws of the last "
+        "round, of the prompts; the kept samples' L2 distance to their nearest prompt in "
+        "aligned weight space (in brackets: between two prompts), to the nearest training model "
+        "(in brackets: from a training model to its nearest other one, median), their "
+        "agreement with the nearest prompt and the overlap of their errors with its (Jaccard); "
+        "then the kept models of each copy baseline, which drew as many candidates per round "
+        "at the same distances and kept as many by the same validation score; the difference "
+        "to the strongest baseline (chosen on validation) with its 95 % interval over prompts "
+        "(seeds pooled) and the verdict.", "",
+        markdown.table(["protocol", "kept", "all draws", "prompts", "distance to prompt",
+                        "to training model", "agreement", "error overlap", *COPIES,
+                        "SANE − strongest [95 %]", "SANE's samples"], rows)])
+
+
+def _number(value: float) -> str:
+    """``value`` to 3 decimals, or empty where it is undefined (NaN)."""
+    return "" if value != value else f"{value:.3f}"
+
+
+def _bracket(value: float) -> str:
+    """`` (value)`` to 2 decimals, or nothing where it is undefined (NaN)."""
+    return "" if value != value else f" ({value:.2f})"
+
+
+def _mean(values: list[Any]) -> float:
+    values = [v for v in values if v is not None and v == v]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _std(values: list[float]) -> float:
+    mean = _mean(values)
+    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
 
 
 def transfer_to_new_architectures(out: Path, scale: Scale, *, progress: bool = True) -> str:
     """SANE Tables 15-17 at CNN scale: for each architecture of ``scale.transfer``,
     ``transfer_prompts`` models of it trained ``transfer_epochs`` epochs on the zoo's task
-    prompt the SANE pretrained on the zoo (SUB: the ``keep`` best of ``samples`` draws); the
-    sampled models, the prompts and as many random initializations are fine-tuned the same
-    way for ``finetune_epochs``. Returns the report's Markdown section."""
+    prompt the SANE pretrained on the zoo (SUB: the ``keep`` best of ``samples`` draws, each
+    of ``scale.seeds`` seeds), against copy baselines of the same budget; the first seed's
+    models, the prompts and as many random initializations are fine-tuned the same way for
+    ``finetune_epochs``. Returns the report's Markdown section."""
     from sane.downstream.sampling import SamplingConfig
     from sane.stages.finetune import accuracy_table, finetune_samples, plot_accuracy_curves
     from sane.stages.sample import sample_from_run
     from sane.zoo import load_config, train_population
 
-    lines = ["## Transfer to new architectures (SANE Tables 15-17): validation accuracy", "",
+    lines = ["## Transfer to new architectures (SANE Tables 15-17): test accuracy", "",
              f"For each target architecture, {scale.transfer_prompts} models "
              f"({scale.transfer_preset or scale.zoo_preset}) trained for "
              f"{scale.transfer_epochs} epochs on the zoo's task are the prompts; the SANE "
              "pretrained on the zoo sees their tokens at positions mapped into its own layout "
              f"(relative to each layer) and keeps the {scale.keep} best of {scale.samples} "
-             f"draws (SUB). Sampled models, the prompts and {scale.keep} random "
-             f"initializations are fine-tuned the same way for {scale.finetune_epochs} epochs "
-             "(Adam 1e-3, batch 32). Mean ± std:", ""]
-    curves = {}
+             f"draws by validation accuracy (SUB), with {scale.seeds} sampling seed"
+             + ("s" if scale.seeds > 1 else "") + ". The first seed's models, the prompts and "
+             f"{scale.keep} random initializations are fine-tuned the same way for "
+             f"{scale.finetune_epochs} epochs (Adam 1e-3, batch 32). Mean ± std:", ""]
+    curves, sampled = {}, {}
     for name in scale.transfer:
         folder = out / f"transfer-{name}"
         config = load_config(scale.transfer_preset or scale.zoo_preset,
@@ -306,36 +407,20 @@ def transfer_to_new_architectures(out: Path, scale: Scale, *, progress: bool = T
         config = dataclasses.replace(
             config, architecture=dataclasses.replace(config.architecture, name=name))
         zoo = train_population(config, folder / "zoo", progress=progress)
-        result = sample_from_run(out / "sane", folder / "samples",
-                                 prompts=scale.transfer_prompts, prompts_from=zoo.path,
-                                 config=SamplingConfig(samples=scale.samples, keep=scale.keep))
-        tuned = finetune_samples(folder / "samples", epochs=scale.finetune_epochs).accuracy
+        folders = [folder / "samples" / f"seed-{seed}" for seed in range(scale.seeds)]
+        sampled[name] = [
+            sample_from_run(out / "sane", f, prompts=scale.transfer_prompts,
+                            prompts_from=zoo.path,
+                            config=SamplingConfig(samples=scale.samples, keep=scale.keep,
+                                                  seed=seed))
+            for seed, f in enumerate(folders)]
+        tuned = finetune_samples(folders[0], epochs=scale.finetune_epochs).accuracy
         groups = {"random init": tuned["random init"], "prompts": tuned["prompts"],
                   "SANE sampled": tuned["sampled"]}
         curves |= {f"{name}: {group}": runs for group, runs in groups.items()}
         lines += [f"### {name}", "",
-                  f"Prompts score {result.prompt_mean:.3f} before fine-tuning; the kept samples "
-                  f"{result.kept_mean:.3f} (all draws {result.draws_mean:.3f}).", "",
                   accuracy_table(groups, sorted({0, 1, scale.finetune_epochs})), ""]
     plot_accuracy_curves(curves, out / "transfer.png")
-    return "\n".join([*lines, "![transfer](transfer.png)", ""])
-
-
-def _memorization_row(name: str, result: Any) -> list[str]:
-    """One protocol's row of the memorization table, from its
-    :class:`~sane.stages.sample.SampleResult`."""
-    def mean(values: list[float]) -> float:
-        return sum(values) / len(values) if values else float("nan")
-
-    kept = result.kept_mean
-    apart = [g["memorization"]["prompt_distance"] for g in result.architectures]
-    cells = [name, f"{kept:.3f}", f"{result.draws_mean:.3f}", f"{result.prompt_mean:.3f}",
-             f"{kept / result.prompt_mean:.2f}×",
-             f"{mean([s['distance'] for s in result.samples]):.2f}",
-             f"{mean([a for a in apart if a is not None]):.2f}",
-             f"{mean([s['agreement'] for s in result.samples]):.1%}"]
-    for baseline in ("noised prompts", "prompt averages"):
-        value = result.baseline_mean(baseline)
-        verdict = "" if math.isnan(value) else (" (beaten)" if kept > value else " (not beaten)")
-        cells.append(f"{value:.3f}{verdict}")
-    return cells
+    return "\n".join([*lines, "![transfer](transfer.png)", "",
+                      "### Against copies of the prompts (zero-shot)", "",
+                      copies_table(sampled), ""])

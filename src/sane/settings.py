@@ -4,11 +4,13 @@
 accepts comes from the dataclass's own annotations: ``int``, ``float`` (integers accepted,
 non-finite numbers refused), ``bool``, ``str``, ``X | None`` (None comes only from overrides
 and stored manifests: TOML has no null), ``tuple[T, ...]`` (a non-empty list),
-``tuple[T1, T2]`` (a list of exactly that many values), ``Mapping[str, Any]`` / ``dict``
-(a table, passed on as a dict), and nested dataclasses (a table of their own keys). Lists
-become tuples. The ranges and rules a config obeys live in its ``__post_init__``, which
-raises :class:`~sane.errors.ConfigError` through :func:`require` with a message that starts
-with the field name, so that :func:`from_table` can say where the value came from::
+``tuple[T1, T2]`` (a list of exactly that many values), ``list[T]`` (a list, maybe empty),
+``Mapping[str, Any]`` / ``dict`` (a table, passed on as a dict), ``dict[str, T]`` (a table
+whose values are checked as ``T``), and nested dataclasses (a table of their own keys).
+Lists become tuples for tuple fields. The ranges and rules a config obeys live in its
+``__post_init__``, which raises :class:`~sane.errors.ConfigError` through :func:`require`
+with a message that starts with the field name, so that :func:`from_table` can say where
+the value came from::
 
     c.toml: unknown key 'epoch'; known: epochs, models, ...
     c.toml: space.lr: expected a list, got 0.1
@@ -121,7 +123,13 @@ def _value(value: Any, kind: Any, current: Any, where: str, key: str) -> Any:
     if kind is dict or origin in (dict, Mapping):
         if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
             refuse("a table")
+        if len(args) == 2 and args[1] is not Any:
+            return {k: _value(v, args[1], None, where, f"{key}.{k}") for k, v in value.items()}
         return dict(value)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            refuse("a list")
+        return [_value(v, args[0], None, where, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             refuse("a list")

@@ -17,9 +17,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "or with --prompts-from the models of a zoo of another architecture), "
         "draw latent sequences from a KDE around them (each draw one prompt's latents plus "
         "Gaussian noise; or from a Gaussian prior), one architecture of prompts at a time, "
-        "decode them into weights, condition batch norm on the zoo's training images, score "
+        "decode them into weights, condition batch norm on the zoo's training images, select "
         "them by validation accuracy and keep the best; with --rounds > 1 the kept latents "
-        "become the next prompts.",
+        "become the next prompts. Reports test accuracy of the kept samples, the prompts and "
+        "copy baselines of the same budget (prompts plus noise at the same distances, prompt "
+        "averages), with the difference to the strongest and its 95 % interval.",
     )
     sample.add_argument("run", type=Path, help="pretraining run directory (from `sane pretrain`)")
     sample.add_argument("--out", required=True, type=Path, help="output directory")
@@ -35,9 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sample.add_argument("--samples", type=int, help="models drawn per round (default 50)")
     sample.add_argument("--keep", type=int, help="best models kept per round (default 10)")
     sample.add_argument("--rounds", type=int, help="bootstrapping rounds (default 1)")
-    sample.add_argument("--bandwidth", type=float,
+    sample.add_argument("--bandwidth", type=_bandwidths, metavar="B[,B...]",
                         help="KDE bandwidth, relative to the prompts' latent spread (default "
-                        "0.1: noise of a tenth of the spread of each latent dimension)")
+                        "0.1: noise of a tenth of the spread of each latent dimension); "
+                        "several, comma-separated, sweep them into OUT/bandwidth-B/ and write "
+                        "the novelty-quality frontier (OUT/frontier.md, frontier.png)")
     sample.add_argument("--absolute-bandwidth", dest="relative", action="store_false",
                         default=None,
                         help="--bandwidth is the noise standard deviation itself")
@@ -54,16 +58,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sample.set_defaults(handler=_sample)
 
 
+def _bandwidths(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}"
+                                         ) from None
+    return values
+
+
 def _sample(args: argparse.Namespace) -> None:
     from sane.downstream.sampling import SamplingConfig
+    from sane.stages.frontier import sample_frontier
     from sane.stages.sample import sample_from_run
 
+    bandwidths = args.bandwidth or [None]
     config = SamplingConfig(**given(samples=args.samples, keep=args.keep, rounds=args.rounds,
-                                    bandwidth=args.bandwidth, relative=args.relative,
+                                    bandwidth=bandwidths[0], relative=args.relative,
                                     prior_std=args.prior_std, seed=args.seed))
-    sample_from_run(args.run, args.out, config=config, **given(
+    options = given(
         store=args.store, prompts=args.prompts, prompt_epoch=args.prompt_epoch,
         best_prompts=args.best_prompts, dataset=args.dataset, root=args.root,
-        prompts_from=args.prompts_from, device=args.device, precision=args.precision))
+        prompts_from=args.prompts_from, device=args.device, precision=args.precision)
+    if len(bandwidths) > 1:
+        sample_frontier(args.run, args.out, bandwidths, config=config, **options)
+        print((args.out / "frontier.md").read_text().rstrip())
+        print(f"per bandwidth: {args.out}/bandwidth-*/, figure: {args.out / 'frontier.png'}")
+        return
+    sample_from_run(args.run, args.out, config=config, **options)
     print((args.out / "samples.md").read_text().rstrip())
     print(f"models: {args.out}/sample_*.safetensors, report: {args.out / 'samples.json'}")

@@ -74,6 +74,12 @@ class Dataset:
     seed: int
     split_note: str = field(default="")
 
+    def split(self, name: str) -> Split:
+        """The split called ``name``: "train", "val" or "test"."""
+        if name not in ("train", "val", "test"):
+            raise ConfigError(f"split must be train, val or test, got {name!r}")
+        return getattr(self, name)
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one example, ``(C, H, W)`` or ``(C, L)``."""

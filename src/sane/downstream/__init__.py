@@ -1,11 +1,20 @@
 """Downstream uses of SANE: features of a population and linear probes on them; sampling new
-models with batch-norm conditioning."""
+models with batch-norm conditioning, and the copy baselines they are judged against."""
 
+from sane.downstream.copies import COPIES, copy_baselines
 from sane.downstream.features import baseline_features, sane_embeddings, store_features
 from sane.downstream.probes import ALPHAS, LinearProbe, markdown_table, probe_table
-from sane.downstream.sampling import Samples, SamplingConfig, Target, kde_sample, sample_models
+from sane.downstream.sampling import (
+    Samples,
+    SamplingConfig,
+    Scores,
+    Target,
+    kde_sample,
+    sample_models,
+)
 from sane.zoo.batchnorm import condition_batchnorm
 
-__all__ = ["ALPHAS", "LinearProbe", "Samples", "SamplingConfig", "Target", "baseline_features",
-           "condition_batchnorm", "kde_sample", "markdown_table", "probe_table",
-           "sample_models", "sane_embeddings", "store_features"]
+__all__ = ["ALPHAS", "COPIES", "LinearProbe", "Samples", "SamplingConfig", "Scores", "Target",
+           "baseline_features", "condition_batchnorm", "copy_baselines", "kde_sample",
+           "markdown_table", "probe_table", "sample_models", "sane_embeddings",
+           "store_features"]

@@ -1,9 +1,13 @@
-"""Fine-tuning a model while tracking its validation accuracy (SANE §5.2's evaluation of
-sampled models): Adam, cross-entropy, ``epochs`` passes over the training data in a seeded
-order (the same order for every model), validation accuracy after each epoch (epoch 0 = the
-model as given). The stage over a samples directory is :mod:`sane.stages.finetune`."""
+"""Fine-tuning a model while tracking its accuracy (SANE §5.2's evaluation of sampled
+models): Adam, cross-entropy, ``epochs`` passes over the training data in a seeded order (the
+same order for every model), accuracy on each evaluation split after each epoch (epoch 0 =
+the model as given). Nothing is chosen from these accuracies (the number of epochs is fixed
+beforehand), so the test split may be among them. The stage over a samples directory is
+:mod:`sane.stages.finetune`."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -13,12 +17,13 @@ from sane.zoo.evaluation import accuracy
 
 
 def train_and_track(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
-                    val: tuple[torch.Tensor, torch.Tensor], *, epochs: int, lr: float,
-                    batch_size: int, seed: int) -> list[float]:
-    """Train ``net`` in place; validation accuracy before training and after each epoch."""
+                    evaluate: Mapping[str, tuple[torch.Tensor, torch.Tensor]], *, epochs: int,
+                    lr: float, batch_size: int, seed: int) -> dict[str, list[float]]:
+    """Train ``net`` in place; per split of ``evaluate`` (name -> inputs, labels), its
+    accuracy before training and after each epoch."""
     x, y = train
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    history = [accuracy(net, *val)]
+    history = {name: [accuracy(net, *split)] for name, split in evaluate.items()}
     for epoch in range(1, epochs + 1):
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + epoch))
         net.train()
@@ -31,5 +36,6 @@ def train_and_track(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        history.append(accuracy(net, *val))
+        for name, split in evaluate.items():
+            history[name].append(accuracy(net, *split))
     return history

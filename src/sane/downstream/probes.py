@@ -123,8 +123,10 @@ def probe_table(
                 row[f"n_{split}"] = len(idx)
             predicted = probe.predict(x[test])
             for metric in ("r2", "tau"):
-                row[f"{metric}_test_ci"] = list(bootstrap_interval(
-                    y[test], predicted, groups[test], METRICS[metric], resamples=resamples))
+                interval = bootstrap_interval(y[test], predicted, groups[test], METRICS[metric],
+                                              resamples=resamples)
+                # None where undefined (fewer than 3 test models)
+                row[f"{metric}_test_ci"] = None if np.isnan(interval[0]) else list(interval)
             row |= {"test_rows": test.tolist(), "test_truth": y[test].tolist(),
                     "test_predicted": predicted.tolist()}
             if extra is not None:
@@ -146,6 +148,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], metric: str = "r2") -> str
     cell = {(r["property"], r["features"]): r for r in rows}
 
     def text(r: Mapping[str, Any]) -> str:
+        if r[f"{metric}_test_ci"] is None:
+            return f"{r[f'{metric}_test']:.3f} (no interval: < 3 models)"
         low, high = r[f"{metric}_test_ci"]
         return f"{r[f'{metric}_test']:.3f} [{low:.2f}, {high:.2f}]"
 

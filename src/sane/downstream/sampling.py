@@ -17,7 +17,7 @@ reference returned the first models of the last bootstrapping draw, unsorted).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -58,31 +58,62 @@ class SamplingConfig:
             raise ConfigError("sampling bandwidth must be >= 0 and prior_std > 0")
 
 
+State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A model's score on the split that selects (``selection``, e.g. validation accuracy)
+    and on the split that is reported (``report``, e.g. test accuracy): what is chosen is
+    chosen on the first, what is reported is measured on the second."""
+
+    selection: float
+    report: float
+
+
 @dataclass(frozen=True)
 class Target:
-    """What sampled models are for: ``build()`` a fresh model of the target architecture
-    (sampled state dicts are loaded into it by :func:`load_state`),
-    ``score(model) -> float`` (higher is better, e.g. validation accuracy), ``images`` for
-    batch-norm conditioning; ``fresh`` the places (in state-dict order) of entries taken from
-    the freshly built model rather than decoded: a classifier for another number of classes
-    than SANE was pretrained on is re-initialized."""
+    """What sampled models are for: ``build(seed)`` a fresh model of the target architecture
+    initialized from ``seed`` (sampled state dicts are loaded into ``build(0)`` by
+    :func:`load_state`); ``select(model)`` the score that selects (higher is better, e.g.
+    validation accuracy) and ``report(model)`` the score that is reported (e.g. test
+    accuracy); ``images`` for batch-norm conditioning; ``fresh`` the places (in state-dict
+    order) of entries taken from the freshly built model rather than decoded: a classifier for
+    another number of classes than SANE was pretrained on is re-initialized."""
 
-    build: Callable[[], nn.Module]
-    score: Callable[[nn.Module], float]
+    build: Callable[[int], nn.Module]
+    select: Callable[[nn.Module], float]
+    report: Callable[[nn.Module], float]
     images: torch.Tensor
     fresh: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
-class Samples:
-    """The ``keep`` best models of the last round, best first: ``states``, their ``scores``
-    and ``latents [keep, N, d_z]``; ``rounds`` holds per-round score statistics and the
-    absolute noise standard deviation used (``noise_std``)."""
+class Draw:
+    """One drawn model: its ``round`` (from 1), the index of the round's prompt it was drawn
+    around (``source``: a prompt in round 1, a model kept by the previous round after it;
+    None for a draw from the prior), its L2 ``distance`` in aligned weight space to that
+    prompt's weights (None for the prior) and its ``scores``."""
 
-    states: list[dict[str, torch.Tensor]]
-    scores: list[float]
+    round: int
+    source: int | None
+    distance: float | None
+    scores: Scores
+
+
+@dataclass(frozen=True)
+class Samples:
+    """The ``keep`` best models of the last round by selection score, best first: ``states``,
+    their ``scores`` and ``latents [keep, N, d_z]``; ``draws`` every draw of every round in
+    order, ``kept[r]`` the indices into ``draws`` that round ``r + 1`` kept, best first;
+    ``noise_std[r]`` the absolute noise standard deviation of round ``r + 1``."""
+
+    states: list[State]
+    scores: list[Scores]
     latents: torch.Tensor
-    rounds: list[dict[str, float]]
+    draws: list[Draw]
+    kept: list[list[int]]
+    noise_std: list[float]
 
 
 def latent_spread(latents: torch.Tensor) -> float:
@@ -92,13 +123,19 @@ def latent_spread(latents: torch.Tensor) -> float:
 
 
 def kde_sample(prompts: torch.Tensor, count: int, noise_std: float,
-               generator: torch.Generator) -> torch.Tensor:
+               generator: torch.Generator) -> tuple[torch.Tensor, list[int]]:
     """``count`` draws from a Gaussian KDE over whole latent sequences: ``prompts
-    [E, N, d_z]`` -> ``[count, N, d_z]``. Each draw is one prompt, chosen uniformly, plus
-    noise of standard deviation ``noise_std``, independent per token and dimension."""
+    [E, N, d_z]`` -> ``[count, N, d_z]`` and the prompt each draw was made around. Each draw
+    is one prompt, chosen uniformly, plus noise of standard deviation ``noise_std``,
+    independent per token and dimension."""
     source = torch.randint(0, prompts.shape[0], (count,), generator=generator)
     chosen = prompts[source]
-    return chosen + noise_std * torch.randn(chosen.shape, generator=generator)
+    return chosen + noise_std * torch.randn(chosen.shape, generator=generator), source.tolist()
+
+
+def flatten(state: State, keys: Sequence[str]) -> torch.Tensor:
+    """The weights of ``keys`` in ``state`` as one float64 vector (aligned weight space)."""
+    return torch.cat([state[k].detach().double().flatten() for k in keys])
 
 
 def sample_models(
@@ -113,11 +150,13 @@ def sample_models(
 
     ``prompts`` are standardized token sequences ``[E, N, d_t]`` of prompt models (None with
     ``config.prior_std``). Each round draws ``samples`` latent sequences, decodes them
-    (haloed), de-standardizes, loads them into ``target.build()``, conditions batch norm on
-    ``target.images`` and scores them; the ``keep`` best latents are the next round's prompts.
+    (haloed), de-standardizes, loads them into ``target.build(0)``, conditions batch norm on
+    ``target.images`` and scores them on both splits; the ``keep`` best by selection score
+    are kept and their latents are the next round's prompts.
     """
     generator = torch.Generator().manual_seed(config.seed)
     manifest = tokenizer.manifest
+    keys = manifest.tokenized_keys()
     n = manifest.num_tokens
     if positions.shape != (n, 3):
         raise FormatError(f"positions must be [{n}, 3] for this token layout, got "
@@ -127,42 +166,51 @@ def sample_models(
         if config.prior_std is not None:
             latents = config.prior_std * torch.randn(config.samples, n, model.config.d_latent,
                                                      generator=generator)
-            bank = None
+            bank, sources = None, [None] * config.samples
         elif prompts is None or prompts.ndim != 3 or prompts.shape[1:] != (n, manifest.token_size):
             raise FormatError(f"prompts must be [E, {n}, {manifest.token_size}] standardized "
                               "tokens (or set prior_std)")
         else:
             bank = model.encode_sequence(prompts, positions).cpu()
-        history = []
-        for round_index in range(config.rounds):
+            anchors = [flatten(tokenizer.decode(t), keys) for t in prompts]
+        draws: list[Draw] = []
+        kept_per_round: list[list[int]] = []
+        noise: list[float] = []
+        for round_index in range(1, config.rounds + 1):
             noise_std = 0.0
             if bank is not None:
                 noise_std = config.bandwidth * (latent_spread(bank) if config.relative else 1)
-                latents = kde_sample(bank, config.samples, noise_std, generator)
+                latents, sources = kde_sample(bank, config.samples, noise_std, generator)
             # One sample at a time, decoded piece by piece, keeping only the best states:
             # memory stays at ``keep`` models however many are drawn (a ResNet-18 state is
             # 45 MB).
-            scores, kept = [], []
-            for i in range(config.samples):
+            first = len(draws)
+            kept: list[tuple[float, int, State]] = []
+            for i, source in enumerate(sources):
                 pieces = model.decode_pieces(latents[i : i + 1], positions)
                 state = tokenizer.decode_pieces((start, t.cpu()) for _, start, t in pieces)
-                scores.append(score_state(state, target, config.bn_batches, generator))
-                kept = sorted([*kept, (-scores[i], i, state)], key=lambda k: k[:2])
+                distance = (None if source is None else
+                            float(torch.linalg.vector_norm(flatten(state, keys) - anchors[source])))
+                scores = score_state(state, target, config.bn_batches, generator)
+                draws.append(Draw(round_index, source, distance, scores))
+                kept = sorted([*kept, (-scores.selection, i, state)], key=lambda k: k[:2])
                 kept = kept[: config.keep]
             best = [i for _, i, _ in kept]
-            history.append(_statistics(round_index + 1, scores, [scores[i] for i in best])
-                           | {"noise_std": noise_std})
+            kept_per_round.append([first + i for i in best])
+            noise.append(noise_std)
             bank = latents[best]
-    return Samples([state for _, _, state in kept], [scores[i] for i in best], latents[best],
-                   history)
+            anchors = [flatten(state, keys) for _, _, state in kept]
+    return Samples([state for _, _, state in kept], [draws[i].scores for i in kept_per_round[-1]],
+                   bank, draws, kept_per_round, noise)
 
 
-def score_state(state: dict[str, torch.Tensor], target: Target, bn_batches: int,
-                generator: torch.Generator) -> float:
-    """``target.score`` of the model holding ``state``, its batch norm conditioned first on
-    ``bn_batches`` batches of ``target.images`` (the conditioned statistics are written back
-    into ``state``: they belong to the model)."""
-    net = target.build()
+def score_state(state: State, target: Target, bn_batches: int, generator: torch.Generator
+                ) -> Scores:
+    """The :class:`Scores` of the model holding ``state`` (``target.select`` and
+    ``target.report``), its batch norm conditioned first on ``bn_batches`` batches of
+    ``target.images`` (the conditioned statistics are written back into ``state``: they
+    belong to the model)."""
+    net = target.build(0)
     if target.fresh:
         keys, own = list(state), list(net.state_dict().values())
         for i in target.fresh:
@@ -171,7 +219,8 @@ def score_state(state: dict[str, torch.Tensor], target: Target, bn_batches: int,
     if has_batchnorm(net):
         condition_batchnorm(net, target.images, batches=bn_batches, generator=generator)
         state.update(dict(zip(list(state), net.state_dict().values())))
-    return float(target.score(net.eval()))
+    net.eval()
+    return Scores(float(target.select(net)), float(target.report(net)))
 
 
 def load_state(net: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
@@ -183,9 +232,3 @@ def load_state(net: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
         state = rename_positionally(state, [(k, tuple(t.shape)) for k, t in own.items()])
     net.load_state_dict(state)
     return net
-
-
-def _statistics(round_index: int, scores: list[float], kept: list[float]) -> dict[str, float]:
-    t, k = torch.tensor(scores), torch.tensor(kept)
-    return {"round": round_index, "mean": t.mean().item(), "std": t.std().item() if len(t) > 1
-            else 0.0, "best": t.max().item(), "kept_mean": k.mean().item()}

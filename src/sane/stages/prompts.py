@@ -3,10 +3,13 @@
 Prompts come from one of two places:
 
 - **the store** SANE was pretrained on (:func:`store_prompts`): the first ``count``
-  training-split models (in id order, or the most accurate) at one stored epoch, in the
-  store's tokens; scored on the zoo's task or a new one of the same input and classes;
+  training-split models (in id order, or the most accurate on the validation split) at one
+  stored epoch, in the store's tokens; scored on the zoo's task or a new one of the same
+  input and classes; the other training models at that epoch come along, to measure how
+  close samples lie to them (:mod:`sane.downstream.memorization`);
 - **a zoo of a target architecture** (:func:`zoo_prompts`), e.g. 1-5 models of a wider or
-  deeper network trained for 1-5 epochs, as ``sane zoo train`` writes them (for a run on a
+  deeper network trained for 1-5 epochs, as ``sane zoo train`` writes them (the most
+  accurate on the validation split with ``best``; for a run on a
   mixed zoo, positions are mapped into its first layout): a tokenizer
   with the SANE's token size is fitted on them (aligned to one of them by weight matching
   when the architecture has a permutation spec, standardized over all of them), and their
@@ -20,10 +23,11 @@ Prompts come from one of two places:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,6 +44,10 @@ from sane.zoo.architectures import input_shape
 from sane.zoo.evaluation import zoo_data
 from sane.zoo.layout import as_architecture
 
+# The training models that come with store prompts (to measure how close samples lie to
+# them) are held in memory only up to this many bytes of tokens.
+TRAINING_BYTES = 2**30
+
 
 @dataclass(frozen=True)
 class Prompts:
@@ -48,7 +56,10 @@ class Prompts:
     ``tokenizer`` (decodes samples of their layout), the ``positions [N, 3]`` SANE sees
     their tokens at, and the ``data`` of their task; ``fresh`` the places (in state-dict
     order) of a classifier that sampled models get freshly initialized, because it has
-    another number of classes than the pretraining zoo's."""
+    another number of classes than the pretraining zoo's; ``training`` per architecture
+    index the training models SANE saw at the prompts' epoch (states like ``states``;
+    none for prompts from another zoo, or when they would not fit in
+    :data:`TRAINING_BYTES`)."""
 
     ids: list[tuple[str, int]]
     arch_index: list[int]
@@ -59,6 +70,7 @@ class Prompts:
     positions: torch.Tensor
     data: Dataset
     fresh: tuple[int, ...] = ()
+    training: dict[int, list[dict[str, torch.Tensor]]] = field(default_factory=dict)
 
     def groups(self) -> dict[int, list[int]]:
         """Architecture index → the prompts of that architecture (sampled on their own)."""
@@ -78,12 +90,18 @@ class Prompts:
 def store_prompts(store: TokenStore, count: int, epoch: int | None = None, *,
                   best: bool = False, dataset: str | None = None, root: str | None = None
                   ) -> Prompts:
-    """Prompts from the store (:func:`prompt_rows`), for its zoo's task or ``dataset``."""
+    """Prompts from the store (:func:`prompt_rows`), for its zoo's task or ``dataset``, with
+    every training model at the same epochs."""
     rows = prompt_rows(store, count, epoch, best=best)
+    everyone = prompt_rows(store, None, epoch)
+    training: dict[int, list[dict[str, torch.Tensor]]] = {}
+    if len(everyone) * store.tokens[0].nbytes <= TRAINING_BYTES:
+        for r in everyone:
+            training.setdefault(store.row_architecture[r], []).append(store.state_dict(r))
     return Prompts([store.rows[r][:2] for r in rows], [store.row_architecture[r] for r in rows],
                    store.architectures, torch.tensor(store.tokens[rows]),
                    [store.state_dict(r) for r in rows], store.tokenizer, store.positions,
-                   target_data(store, dataset, root))
+                   target_data(store, dataset, root), training=training)
 
 
 def zoo_prompts(zoo_path: str | Path, source: Tokenizer, count: int,
@@ -110,7 +128,7 @@ def zoo_prompts(zoo_path: str | Path, source: Tokenizer, count: int,
                           f"{'' if epoch is None else f' at epoch {epoch}'}; {count} prompts "
                           "were asked for")
     if best:
-        ids = sorted(ids, key=lambda i: -_test_accuracy(zoo, *i))
+        ids = sorted(ids, key=lambda i: -_val_accuracy(zoo, *i))
     ids = ids[:count]
     states = [fit.load(m, e) for m, e in ids]
     manifest = fit.tokenizer.manifest
@@ -138,11 +156,12 @@ def request_prompts(request: dict[str, Any]) -> Prompts:
                          dataset=request["dataset"], root=request["root"])
 
 
-def prompt_rows(store: TokenStore, count: int, epoch: int | None, *, best: bool = False
-                ) -> list[int]:
-    """Store rows of ``count`` training-split models at ``epoch`` (default: each model's last
-    stored epoch): the first in id order, or with ``best`` those of highest test accuracy
-    (the KDE30 protocol fits its KDE on the best 30 %)."""
+def prompt_rows(store: TokenStore, count: int | None, epoch: int | None, *,
+                best: bool = False) -> list[int]:
+    """Store rows of ``count`` training-split models (None: all of them) at ``epoch``
+    (default: each model's last stored epoch): the first in id order, or with ``best``
+    those of highest validation accuracy (the KDE30 protocol fits its KDE on the best 30 %);
+    never ranked by test accuracy, which only reports."""
     by_model: dict[str, dict[int, int]] = {}
     for row in store.split_rows("train").tolist():
         model_id, e, _ = store.rows[row]
@@ -153,12 +172,18 @@ def prompt_rows(store: TokenStore, count: int, epoch: int | None, *, best: bool 
         chosen = max(epochs) if epoch is None else epoch
         if chosen in epochs:
             rows.append(epochs[chosen])
+    if count is None:
+        count = len(rows)
     if len(rows) < count:
         which = "in the store" if epoch is None else f"with epoch {epoch} in the store"
         raise ConfigError(f"{store.path}: {len(rows)} training models are {which}; {count} "
                           "prompts were asked for")
     if best:
-        accuracy = store.property("test_acc")
+        accuracy = store.property("val_acc")
+        unknown = [store.rows[r][0] for r in rows if np.isnan(accuracy[r])]
+        if unknown:
+            raise FormatError(f"{store.path}: prompts are ranked by validation accuracy, and "
+                              f"model {unknown[0]} has none at that epoch")
         rows = sorted(rows, key=lambda r: -accuracy[r])
     return rows[:count]
 
@@ -185,9 +210,10 @@ def target_data(store: TokenStore, dataset: str | None = None, root: str | None 
     return ds
 
 
-def _test_accuracy(zoo: Zoo, model_id: str, epoch: int) -> float:
+def _val_accuracy(zoo: Zoo, model_id: str, epoch: int) -> float:
     row = {r["epoch"]: r for r in zoo.metrics(model_id)}.get(epoch, {})
-    value = row.get("test_acc")
+    value = row.get("val_acc")
     if value is None:
-        raise FormatError(f"{zoo.path}: model {model_id} has no test accuracy at epoch {epoch}")
+        raise FormatError(f"{zoo.path}: model {model_id} has no validation accuracy at epoch "
+                          f"{epoch}")
     return float(value)

@@ -264,11 +264,11 @@ PRESETS: dict[str, Preset] = {
         ),
     ),
     "digits-cnn-s-seed": Preset(
-        "demo seed zoo: 12 CNN-s on the embedded digits resized to 28x28 that differ only in "
+        "demo seed zoo: 34 CNN-s on the embedded digits resized to 28x28 that differ only in "
         "their seed, relu, kaiming_uniform init, Adam 1e-3, batch 32, 5 epochs (seconds)",
         PopulationConfig(
             dataset=DataConfig(name="digits"),
-            space=SearchSpace(seed_range=(1, 12), activation=("relu",),
+            space=SearchSpace(seed_range=(1, 34), activation=("relu",),
                               init=("kaiming_uniform",), lr=(1e-3,), batch_size=(32,)),
             epochs=5,
         ),
