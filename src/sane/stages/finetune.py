@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from sane import atomic, markdown
+from sane.checkpoints import read_state_dict
 from sane.downstream.finetuning import train_and_track
 from sane.errors import ConfigError
 from sane.model.sane import load_checked
@@ -87,7 +87,8 @@ def finetune_samples(samples: str | Path, *, epochs: int = 5, lr: float = 1e-3,
     groups: dict[str, list[list[float]]] = {"sampled": [], "random init": [], "prompts": []}
     for entry in report.samples:
         net = build_model(arch_of[entry["architecture"]])
-        load_checked(net, load_file(str(samples / entry["file"])), str(samples / entry["file"]))
+        file = samples / entry["file"]
+        load_checked(net, read_state_dict(file), str(file))
         groups["sampled"].append(track(net))
     for i, entry in enumerate(report.samples if baselines else []):
         groups["random init"].append(track(build_model(arch_of[entry["architecture"]],

@@ -77,7 +77,8 @@ class StoreSettings:
 
     ``max_abs`` leaves out checkpoints with a tokenized weight of magnitude above it
     (diverged models, whose scale would otherwise dominate the standardization); None keeps
-    every finite checkpoint.
+    every finite checkpoint up to :data:`sane.checkpoints.MAX_ABS`, the largest weight any
+    computation here accepts (:func:`sane.checkpoints.weight_limit`).
     """
 
     token_size: int | None = None
@@ -156,6 +157,8 @@ class TokenStore:
             raise
         try:
             return cls(path, meta)
+        except FormatError:
+            raise  # it names its file (a tokenizer or an array of the store)
         except (KeyError, TypeError, ValueError) as error:
             raise FormatError(f"{file}: malformed store manifest ({error!r})") from error
 
@@ -273,7 +276,8 @@ def prepare_store(
     """Tokenize every selected checkpoint of the zoo at ``zoo_path`` into a store at ``out``
     (a :class:`StoreSet` when the zoo mixes parameter layouts).
 
-    Checkpoints with non-finite weights are left out (and counted in ``store.json``). A
+    Checkpoints with non-finite weights, or weights above ``settings.max_abs`` (never above
+    :data:`sane.checkpoints.MAX_ABS`), are left out (and counted in ``store.json``). A
     complete store with the same settings is returned as is; different settings raise
     :class:`ConfigError`.
     """
@@ -396,10 +400,7 @@ def _properties(zoo: Zoo, rows: Iterable[tuple[str, int, str]]) -> np.ndarray:
 def _load_npy(path: Path, shape: tuple[int, ...], dtype: type, *, mmap: bool = False) -> np.ndarray:
     if not path.is_file():
         raise FormatError(f"{path}: missing")
-    try:
-        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise FormatError(f"{path}: unreadable ({error})") from error
+    array = atomic.read_array(path, mmap=mmap)
     if array.shape != shape or array.dtype != np.dtype(dtype):
         raise FormatError(f"{path}: expected {np.dtype(dtype)} {list(shape)}, "
                           f"got {array.dtype} {list(array.shape)}")

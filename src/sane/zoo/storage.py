@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from sane import atomic
+from sane.checkpoints import read_state_dict
 from sane.errors import FormatError
 from sane.zoo.architectures import ArchConfig, state_layout
 
@@ -192,17 +193,12 @@ class Zoo:
     def load_checkpoint(self, model_id: str, epoch: int) -> dict[str, torch.Tensor]:
         """The state dict of ``model_id`` after ``epoch``, keys in the architecture's module
         order (safetensors files list them sorted), checked against the architecture's keys,
-        shapes and dtypes."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
+        shapes and dtypes (:func:`~sane.checkpoints.read_state_dict`: half precision is read
+        as float32). Errors name the file."""
         file = self.checkpoint_path(model_id, epoch)
         if not file.is_file():
             raise FormatError(f"{file}: checkpoint not found (model {model_id}, epoch {epoch})")
-        try:
-            state = load_file(str(file))
-        except (SafetensorError, OSError) as error:
-            raise FormatError(f"{file}: unreadable checkpoint ({error})") from error
+        state = read_state_dict(file)
         layout = state_layout(self.model(model_id).architecture)
         keys = [k for k, _, _ in layout]
         if set(state) != set(keys):
