@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 from sane.downstream.features import PERMUTATIONS, sane_embeddings, sw_layer_rows
 from sane.downstream.ood import OODReference
 from sane.errors import ConfigError, FormatError
+from sane.locking import writer_lock
 from sane.model.losses import nt_xent, squared_sums
 from sane.model.sane import SANE, SANEConfig, describe, usable_device
 from sane.train.config import PretrainConfig, model_config
@@ -80,8 +82,10 @@ def pretrain(
 
     Resumes from ``out`` when it holds an unfinished run with the same store, config and
     number of processes; a finished one is returned as is; another config raises
-    :class:`ConfigError`. Started by ``torchrun``, the processes train one model together
-    (:mod:`sane.train.distributed`) and each returns it; rank 0 writes the run.
+    :class:`ConfigError`, and a run directory another process is writing
+    :class:`~sane.errors.BusyError` (:mod:`sane.locking`). Started by ``torchrun``, the
+    processes train one model together (:mod:`sane.train.distributed`) and each returns it;
+    rank 0 writes the run and holds its lock.
     """
     store, out = open_store(store_path), Path(out)
     stores = store.layouts
@@ -108,7 +112,8 @@ def pretrain(
         raise ConfigError(f"{store.path}: {len(train.rows)} training checkpoints × "
                           f"{windows.windows_per_checkpoint} windows make no full batch of "
                           f"{config.batch_size}; lower batch_size")
-    with process_group(ranks, device):
+    # one writer per run directory: rank 0 writes for all ranks
+    with process_group(ranks, device), writer_lock(out) if ranks.main else nullcontext():
         return _run(store, train, out, config, shape, device, ranks, progress=progress)
 
 

@@ -4,6 +4,7 @@ after every epoch, resumed from the last finished epoch, and self-contained.
 ::
 
     RUN/
+      .sane-writer.lock     held by the process writing the run (:mod:`sane.locking`)
       run.json              format, the resolved pretraining and model config, the store's
                             fingerprint, the number of processes ``world_size`` (a rerun must
                             match all of them) and, as provenance only, the store and its zoo
@@ -33,6 +34,7 @@ import torch
 
 from sane import atomic
 from sane.errors import ConfigError, FormatError
+from sane.locking import is_lock_file
 from sane.model.sane import SANE, load_checked
 from sane.train.report import write_reports
 from sane.weights.store import MANIFEST as STORE_MANIFEST
@@ -79,7 +81,7 @@ def claim(out: Path, record: dict[str, Any]) -> None:
                 f"{before}`" + (" (or without torchrun)" if before == 1 else "")
                 + " or choose another --out")
         return
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(not is_lock_file(p) for p in out.iterdir()):
         raise ConfigError(f"{out} exists and is not a pretraining run; choose another --out")
     atomic.write_json(file, record)
 

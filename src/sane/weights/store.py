@@ -15,6 +15,7 @@
       positions.npy         int64 [N, 3]: (n, l, k) per token, shared by all checkpoints
       properties.npy        float64 [M, P]: per checkpoint metrics (NaN where unknown)
       alignment.json/.safetensors   with ``align``: the reference and one permutation per model
+      .sane-writer.lock     held by the process preparing the store (:mod:`sane.locking`)
 
 A zoo of several parameter layouts (a *mixed* zoo: CNN-s beside a wider CNN-s) becomes a
 :class:`StoreSet`: one complete store per layout under ``STORE/layouts/<k>`` (each aligned
@@ -48,6 +49,7 @@ from tqdm.auto import tqdm
 
 from sane import atomic
 from sane.errors import ConfigError, FormatError
+from sane.locking import writer_lock
 from sane.settings import from_table, require
 from sane.weights.align import MANIFEST as ALIGNMENT_MANIFEST
 from sane.weights.align import Alignment, align_zoo
@@ -279,13 +281,15 @@ def prepare_store(
     Checkpoints with non-finite weights, or weights above ``settings.max_abs`` (never above
     :data:`sane.checkpoints.MAX_ABS`), are left out (and counted in ``store.json``). A
     complete store with the same settings is returned as is; different settings raise
-    :class:`ConfigError`.
+    :class:`ConfigError`, and a store directory another process is writing
+    :class:`~sane.errors.BusyError` (:mod:`sane.locking`).
     """
     zoo, out = Zoo.open(zoo_path), Path(out)
     groups = layout_groups(zoo)
-    if len(groups) > 1:
-        return _prepare_set(zoo, groups, out, settings, progress)
-    return _prepare(zoo, out, settings, progress)
+    with writer_lock(out):
+        if len(groups) > 1:
+            return _prepare_set(zoo, groups, out, settings, progress)
+        return _prepare(zoo, out, settings, progress)
 
 
 def _prepare(zoo: Zoo, out: Path, settings: StoreSettings, progress: bool) -> TokenStore:

@@ -7,6 +7,7 @@
       models/<id>/epoch_<EEE>.safetensors state dict after epoch E (0 = initialization)
       models/<id>/metrics.json            one row per finished epoch
       models/<id>/resume_<EEE>.safetensors optimizer state after epoch E (while training only)
+      .sane-writer.lock                   held by the process writing the zoo (sane.locking)
 
 The manifest holds the format version, the dataset, every model's id, seed, architecture and
 training recipe, and the model-level train/validation/test split, fixed at creation. Progress

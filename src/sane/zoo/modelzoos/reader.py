@@ -35,6 +35,7 @@ from tqdm import tqdm
 from sane import atomic
 from sane.checkpoints import check_weights, read_state_dict
 from sane.errors import ConfigError, FormatError
+from sane.locking import writer_lock
 from sane.zoo.architectures import ArchConfig, build_model
 from sane.zoo.modelzoos.params import DATASET_KEY, SPLIT_KEY, entry_from_params
 from sane.zoo.storage import MANIFEST, METRIC_KEYS, ModelEntry, Zoo, make_split
@@ -146,7 +147,8 @@ def import_modelzoos(
     Checkpoints with non-finite values or a floating-point entry with ``|w| > max_abs`` are
     skipped, as are checkpoints whose keys, shapes or dtypes differ from the architecture.
     With ``strict``, the first skipped item raises :class:`FormatError` instead. An interrupted
-    import resumes when rerun with the same arguments. The report is also written to
+    import resumes when rerun with the same arguments; a directory another process is writing
+    raises :class:`~sane.errors.BusyError`. The report is also written to
     ``out/import_report.json``.
     """
     src, out = Path(src), Path(out)
@@ -191,8 +193,17 @@ def import_modelzoos(
         "modelzoos": {"source": str(src.resolve()), "max_abs": max_abs,
                       "trials": {t.entry.id: t.folder.name for t in trials}},
     }
-    zoo = _create_or_resume(out, manifest)
+    with writer_lock(out):
+        written = _write(_create_or_resume(out, manifest), trials, templates, max_abs, progress)
+        report = ImportReport(src, out, len(trials), written, tuple(skipped), ignored)
+        atomic.write_json(out / REPORT_FILE, report.to_dict())
+    return report
 
+
+def _write(zoo: Zoo, trials: list[_Trial], templates: dict[ArchConfig, Template],
+           max_abs: float, progress: bool) -> int:
+    """Write the checked ``trials`` into ``zoo`` (epochs already there are kept); the number
+    of checkpoints the zoo then holds."""
     written = 0
     for trial in tqdm(trials, desc="importing", unit="model", disable=None if progress else True):
         template = templates[trial.entry.architecture]
@@ -208,10 +219,7 @@ def import_modelzoos(
                 state = _checked_state_dict(path, template, max_abs)
                 written += 1
             zoo.write_epoch(trial.entry.id, epoch, state, trial.rows.get(epoch, {}))
-
-    report = ImportReport(src, out, len(trials), written, tuple(skipped), ignored)
-    atomic.write_json(out / REPORT_FILE, report.to_dict())
-    return report
+    return written
 
 
 def _read_trial(
