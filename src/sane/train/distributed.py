@@ -99,6 +99,15 @@ def barrier(ranks: Ranks) -> None:
         dist.barrier()
 
 
+def from_main(value: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """Rank 0's ``value`` on every rank (``value`` itself for one process): what one rank
+    decided, such as a measured precision, shared so that all ranks compute alike."""
+    if ranks.distributed:
+        value = value.clone()
+        dist.broadcast(value, src=0)
+    return value
+
+
 def total(value: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     """The sum of a detached ``value`` over the ranks (the value itself for one process)."""
     value = value.detach().clone()
