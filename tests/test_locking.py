@@ -105,3 +105,13 @@ def test_a_file_where_a_directory_belongs_is_named(tmp_path, random_store, capsy
     assert main(["prepare", str(random_store.zoo_path), "--out", str(file)]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
         f"sane: error: {file}: cannot write there")
+
+
+def test_a_command_refused_before_writing_leaves_no_directory(tmp_path):
+    with pytest.raises(RuntimeError), writer_lock(tmp_path / "new"):
+        raise RuntimeError("a config error found after the lock was taken")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    with pytest.raises(RuntimeError), writer_lock(tmp_path / "old"):
+        raise RuntimeError
+    assert (tmp_path / "old").is_dir()  # not created by the lock: left as it was

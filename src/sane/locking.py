@@ -26,8 +26,11 @@ LOCK_FILE = ".sane-writer.lock"
 def writer_lock(directory: str | Path) -> Iterator[None]:
     """Hold the writer lock of ``directory`` (created when missing) for the duration;
     :class:`BusyError` naming the directory and the holder's pid when another process (or
-    another call in this one) holds it."""
+    another call in this one) holds it. When the work fails before writing anything into a
+    directory this call created, the directory is removed again: a refused command leaves
+    nothing behind."""
     directory = Path(directory)
+    created = not directory.exists()
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -44,7 +47,13 @@ def writer_lock(directory: str | Path) -> Iterator[None]:
                             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        yield
+        try:
+            yield
+        except BaseException:
+            if created and [p.name for p in directory.iterdir()] == [LOCK_FILE]:
+                (directory / LOCK_FILE).unlink()  # while we hold it: no writer can
+                directory.rmdir()
+            raise
     finally:
         os.close(fd)  # releases the lock
 
