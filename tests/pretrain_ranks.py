@@ -4,7 +4,7 @@
 config of the test on STORE into RUN and writes ``WEIGHTS_DIR/rank-<r>.safetensors``; with
 CRASH_EPOCH, every rank is interrupted at the second step of that epoch (a crash). With
 ``SLOW=P0,P1`` in the environment, precision is ``auto`` and rank r's steps in precision Pr
-time one second slower; each rank writes the precision it trains in to
+time 100 s slower; each rank writes the precision it trains in to
 ``WEIGHTS_DIR/precision-<r>.txt``.
 """
 
@@ -27,11 +27,12 @@ def config(epochs: int, precision: str = "fp32") -> PretrainConfig:
 
 
 def slow_down(precision: str, weights: Path) -> None:
-    """Steps in ``precision`` time a second slower; the resolved precision goes to a file."""
+    """Steps in ``precision`` time 100 s slower; the resolved precision goes to a file."""
     timed, resolve = pretraining._timed_step, pretraining._resolve_precision
 
     def slower(model, optimizer, batch, config, device):
-        return timed(model, optimizer, batch, config, device) + (config.precision == precision)
+        seconds = timed(model, optimizer, batch, config, device)
+        return seconds + 100 * (config.precision == precision)
 
     def recorded(*args):
         config, measured = resolve(*args)

@@ -100,7 +100,7 @@ def test_auto_precision_is_rank_0_s_measurement_on_every_rank(random_store, tmp_
     assert chosen == ["bf16", "bf16"]
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["pretrain"]["precision"] == record["auto_precision"]["chosen"] == "bf16"
-    assert record["auto_precision"]["seconds_per_step"]["fp32"] > 1
+    assert record["auto_precision"]["seconds_per_step"]["fp32"] > 100
 
 
 def test_ranks_from_the_environment_and_batch_shares(monkeypatch):
