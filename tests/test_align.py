@@ -68,13 +68,13 @@ def test_reference_rule(tmp_path: Path) -> None:
     }
     split = {"train": ["b", "c", "d", "e"], "val": ["a"], "test": []}
     assert choose_reference(make_zoo(tmp_path / "1", states, split)) == "c"
-    states["c"][2] = nan_state(8)
+    states["c"][2] = {k: v * 1e30 for k, v in random_state(8).items()}  # diverged as well
     assert choose_reference(make_zoo(tmp_path / "2", states, split)) == "e"
     states["e"][2] = None  # last stored epoch 1, as for "b": the smaller id wins
     assert choose_reference(make_zoo(tmp_path / "3", states, split)) == "b"
     only_nan = {"a": [nan_state(1)], "b": [random_state(2)]}
     zoo = make_zoo(tmp_path / "4", only_nan, {"train": ["a"], "val": ["b"], "test": []})
-    with pytest.raises(FormatError, match="no training-split model has a finite"):
+    with pytest.raises(FormatError, match="no training-split model has a usable stored checkpoint"):
         choose_reference(zoo)
 
 

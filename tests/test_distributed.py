@@ -21,8 +21,9 @@ sys.path.insert(0, str(SCRIPT.parent))
 from pretrain_ranks import config  # noqa: E402
 
 
-def torchrun(*args: object, processes: int = 2) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def torchrun(*args: object, processes: int = 2, **environment: str
+             ) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **environment}
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone",
          f"--nproc-per-node={processes}", str(SCRIPT), *map(str, args)],
@@ -87,6 +88,19 @@ def test_a_run_of_two_processes_does_not_resume_in_one(random_store, two_process
     with pytest.raises(ConfigError) as error:
         pretrain(random_store.path, run, config(2), progress=False)
     assert str(error.value) == message
+
+
+@pytest.mark.slow
+def test_auto_precision_is_rank_0_s_measurement_on_every_rank(random_store, tmp_path):
+    # rank 0 times fp32 slower, rank 1 bf16: both ranks train in rank 0's choice
+    done = torchrun(random_store.path, tmp_path / "run", tmp_path / "weights", 1,
+                    SLOW="fp32,bf16")
+    assert done.returncode == 0, done.stderr[-3000:]
+    chosen = [(tmp_path / "weights" / f"precision-{r}.txt").read_text() for r in (0, 1)]
+    assert chosen == ["bf16", "bf16"]
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["pretrain"]["precision"] == record["auto_precision"]["chosen"] == "bf16"
+    assert record["auto_precision"]["seconds_per_step"]["fp32"] > 100
 
 
 def test_ranks_from_the_environment_and_batch_shares(monkeypatch):

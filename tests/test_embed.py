@@ -12,9 +12,10 @@ import torch
 from safetensors.torch import save_file
 
 import sane
+from sane.checkpoints import read_state_dict
 from sane.cli import main
 from sane.downstream import sane_embeddings
-from sane.downstream.embedding import embed_checkpoints, read_checkpoint
+from sane.downstream.embedding import embed_checkpoints
 from sane.errors import ConfigError, FormatError
 from sane.model import SANE
 from sane.pipeline import Pipeline
@@ -200,7 +201,7 @@ def test_keys_shifted_by_dropout_are_renamed_and_bad_files_refused(trained_store
     evil = tmp_path / "evil.pt"
     torch.save({"weight": torch.zeros(2), "config": object.__new__(ArchConfig)}, evil)
     with pytest.raises(FormatError, match="weights-only"):
-        read_checkpoint(evil)
+        read_state_dict(evil)
 
 
 def test_a_store_whose_zoo_is_gone_pretrains_a_run_that_embeds(trained_store, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -11,9 +12,10 @@ from safetensors.torch import load_file
 from sane import SANE
 from sane.cli import main
 from sane.errors import ConfigError, FormatError
-from sane.train import PretrainConfig, WindowSampler, load_pretrain_config, pretrain
+from sane.train import PretrainConfig, WindowSampler, load_pretrain_config, pretrain, pretraining
 
-FAST = PretrainConfig(preset="tiny", epochs=3, batch_size=8,
+# fp32: runs compared bit for bit must not depend on what "auto" measures on a busy machine
+FAST = PretrainConfig(preset="tiny", epochs=3, batch_size=8, precision="fp32",
                       model={"d_model": 32, "n_layers": 1})
 
 
@@ -83,13 +85,28 @@ def test_bf16_autocast_trains(store, tmp_path):
         PretrainConfig(precision="fp16")
 
 
-def test_auto_precision_is_resolved_and_recorded(run):
-    from sane.train.pretraining import bf16_hardware
+@pytest.mark.parametrize("slow, chosen", [("bf16", "fp32"), ("fp32", "bf16")])
+def test_auto_precision_takes_the_faster_measured_and_records_it(store, tmp_path, monkeypatch,
+                                                                  slow, chosen):
+    def timed(model, optimizer, batch, config, device):  # a forced slow path: 100 s more
+        return original(model, optimizer, batch, config, device) + 100 * (config.precision == slow)
 
-    out, _ = run
-    recorded = json.loads((out / "run.json").read_text())["pretrain"]["precision"]
-    assert FAST.precision == "auto"
-    assert recorded == ("bf16" if bf16_hardware(torch.device("cpu")) else "fp32")
+    original = pretraining._timed_step
+    monkeypatch.setattr(pretraining, "_timed_step", timed)
+    auto = dataclasses.replace(FAST, epochs=1, precision="auto")
+    pretrain(store.path, tmp_path / "auto", auto, progress=False)
+    record = json.loads((tmp_path / "auto" / "run.json").read_text())
+    assert record["pretrain"]["precision"] == record["auto_precision"]["chosen"] == chosen
+    seconds = record["auto_precision"]["seconds_per_step"]
+    assert seconds[slow] > 100 > seconds[chosen] > 0
+    # measuring changed neither the initial weights nor the random stream of training
+    pretrain(store.path, tmp_path / "set", dataclasses.replace(auto, precision=chosen),
+             progress=False)
+    assert_same_tensors(weights(tmp_path / "auto"), weights(tmp_path / "set"))
+    # a rerun (a resume) computes in the recorded precision, measuring nothing
+    monkeypatch.setattr(pretraining, "_timed_step", None)
+    pretrain(store.path, tmp_path / "auto", auto, progress=False)
+    assert json.loads((tmp_path / "auto" / "run.json").read_text()) == record
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 A reader (or a resumed job after a crash) therefore sees either the old file or the complete
 new one, never a partial write. :func:`read_json` is the checked counterpart of
-:func:`write_json`, :func:`read_manifest` also checks a manifest's format and version.
+:func:`write_json`, :func:`read_manifest` also checks a manifest's format and version, and
+:func:`read_array` is the checked counterpart of :func:`save_array`.
 """
 
 from __future__ import annotations
@@ -85,6 +86,30 @@ def save_array(path: str | Path, array: Any) -> None:
             np.save(f, array, allow_pickle=False)
 
     atomic_write(path, write)
+
+
+def read_array(path: str | Path, *, mmap: bool = False) -> Any:
+    """The numpy array in the ``.npy`` file ``path`` (a read-only memory map with ``mmap``),
+    never unpickling Python objects; :class:`~sane.errors.FormatError` naming the file if it
+    holds anything else."""
+    import numpy as np
+
+    from sane.errors import FormatError
+
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as error:
+        raise FormatError(f"{path}: unreadable .npy array ({error})") from error
+    if magic != b"\x93NUMPY":
+        raise FormatError(f"{path}: not a .npy array file")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        # numpy's message about object arrays advises loading them unsafely: not here
+        reason = ("it holds Python objects" if "allow_pickle" in str(error)
+                  else str(error).splitlines()[0] if str(error) else type(error).__name__)
+        raise FormatError(f"{path}: unreadable .npy array ({reason})") from error
 
 
 def save_tensors(

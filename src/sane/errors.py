@@ -1,8 +1,9 @@
 """Exceptions for bad input and missing resources.
 
 Every error a user can cause by what they pass in (a missing file, a malformed zoo, a bad
-config value) is a :class:`SaneError`. Its message names the file or key at fault and what was
-expected; the ``sane`` command prints it without a traceback and exits with status 2.
+config value, a directory another process is writing) is a :class:`SaneError`. Its message
+names the file or key at fault and what was expected; the ``sane`` command prints it without a
+traceback and exits with status 2.
 """
 
 
@@ -20,3 +21,7 @@ class FormatError(SaneError, ValueError):
 
 class ConfigError(SaneError, ValueError):
     """A configuration value is missing, unknown or out of range."""
+
+
+class BusyError(SaneError):
+    """A directory is being written by another process."""

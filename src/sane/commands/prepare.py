@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="seed of the weight matching order (default 0)")
     prepare.add_argument("--max-abs", type=float,
                          help="leave out checkpoints with a weight of magnitude above MAX_ABS "
-                         "(diverged models; default: keep every finite checkpoint)")
+                         "(diverged models; default 1e8, the largest weight any command accepts)")
     prepare.set_defaults(handler=_prepare)
 
 
@@ -69,6 +69,8 @@ def _prepare(args: argparse.Namespace) -> None:
 
 
 def _describe(store: TokenStore, settings: StoreSettings, label: str) -> None:
+    from sane.checkpoints import weight_limit
+
     m = store.manifest
     print(f"{label}token store {store.path}: {len(store.rows)} checkpoints × {m.num_tokens} "
           f"tokens × {m.token_size} values ({store.tokens.nbytes / 2**20:.1f} MiB)")
@@ -78,6 +80,6 @@ def _describe(store: TokenStore, settings: StoreSettings, label: str) -> None:
         print(f"  left out: {store.meta['skipped_non_finite']} checkpoints with non-finite weights")
     if store.meta.get("skipped_above_max_abs"):
         print(f"  left out: {store.meta['skipped_above_max_abs']} checkpoints with weights above "
-              f"{settings.max_abs}")
+              f"{weight_limit(settings.max_abs):g}")
     if settings.align:
         print(f"  aligned to {store.meta['alignment_reference']}")

@@ -4,12 +4,13 @@ A run directory holds the SANE and its tokenizer, so nothing of the zoo or the t
 needed (:class:`sane.pipeline.Pipeline`): each checkpoint is aligned to the zoo's reference,
 standardized, tokenized and encoded whole (haloed); its token latents are averaged, and that
 vector averaged over random permutations of the aligned model (:meth:`Pipeline.embed`).
-Checkpoint files are safetensors or PyTorch files read with ``weights_only=True``.
+Checkpoint files are read by :func:`sane.checkpoints.read_state_dict` (safetensors or PyTorch
+files, never unpickling code; common wrappers unwrapped; half precision read as float32) and
+checked by :func:`sane.checkpoints.check_weights`.
 """
 
 from __future__ import annotations
 
-import pickle  # only for its exception type: nothing is unpickled here
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,35 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from sane.checkpoints import check_weights, read_state_dict
 from sane.downstream.features import PERMUTATIONS
 from sane.downstream.ood import OODReference
 from sane.errors import FormatError
 from sane.pipeline import Pipeline
 from sane.weights.baselines import sw_layer
-
-
-def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict in ``path``: ``.safetensors``, or a PyTorch file holding a state dict
-    (loaded with ``weights_only=True``, never unpickling arbitrary objects)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise FormatError(f"{path}: checkpoint not found")
-    try:
-        if path.suffix == ".safetensors":
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, SafetensorError, ValueError,
-            pickle.UnpicklingError) as error:
-        raise FormatError(f"{path}: not a safetensors or weights-only PyTorch file "
-                          f"({error})") from error
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in state.items()):
-        raise FormatError(f"{path}: expected a state dict (names to tensors)")
-    return state
 
 
 def embed_checkpoints(run: str | Path, paths: Sequence[str | Path], *, device: str = "cpu",
@@ -59,13 +37,15 @@ def embed_checkpoints(run: str | Path, paths: Sequence[str | Path], *, device: s
 
 
 def read_fitting(pipe: Pipeline, paths: Sequence[str | Path]) -> list[dict[str, torch.Tensor]]:
-    """The state dicts in ``paths``, each checked to fit one of ``pipe``'s tokenizers (the
-    error names the file)."""
+    """The state dicts in ``paths`` (:func:`read_state_dict`), each checked to hold usable
+    weights (:func:`check_weights`) that fit one of ``pipe``'s tokenizers (errors name the
+    file)."""
     if not paths:
         raise FormatError("give at least one checkpoint to embed")
     states = []
     for path in paths:
-        state = read_checkpoint(path)
+        state = read_state_dict(path)
+        check_weights(state, path)
         try:
             pipe.tokenizer(state)
         except FormatError as error:

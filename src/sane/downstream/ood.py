@@ -141,7 +141,8 @@ class OODReference:
         path = directory / "ood.json"
         if not path.is_file():
             return None
-        if atomic.read_json(path).get("version") == 1:
+        stored = atomic.read_json(path)
+        if isinstance(stored, dict) and stored.get("version") == 1:
             raise FormatError(f"{path} is a reference of an earlier sane (SANE distances only); "
                               f"remove {path} and {directory / 'ood.npy'} and rerun the same "
                               "`sane pretrain` command, which rebuilds it without training")
@@ -150,13 +151,16 @@ class OODReference:
             spaces = [str(s) for s in meta["spaces"]]
             if set(spaces) - set(SPACES):
                 raise ValueError(f"unknown spaces {spaces}")
-            features = {s: np.load(directory / f"ood-{s}.npy", allow_pickle=False)
-                        for s in spaces}
-            return cls(features, [str(m) for m in meta["models"]],
-                       {s: float(meta["thresholds"][s]) for s in spaces},
-                       float(meta["percentile"]), int(meta["permutations"]))
-        except (KeyError, TypeError, ValueError, OSError) as error:
+            models = [str(m) for m in meta["models"]]
+            thresholds = {s: float(meta["thresholds"][s]) for s in spaces}
+            percentile, permutations = float(meta["percentile"]), int(meta["permutations"])
+        except (KeyError, TypeError, ValueError) as error:
             raise FormatError(f"{path}: malformed ({error!r})") from error
+        features = {s: atomic.read_array(directory / f"ood-{s}.npy") for s in spaces}
+        try:
+            return cls(features, models, thresholds, percentile, permutations)
+        except (TypeError, ValueError) as error:  # arrays that do not fit the manifest
+            raise FormatError(f"{path}: malformed ({error})") from error
 
 def _standardized(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """``x [Q, d]`` less the mean of ``reference [M, d]``, over its standard deviation (1 for a

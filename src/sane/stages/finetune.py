@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from sane import atomic, markdown
+from sane.checkpoints import read_state_dict
 from sane.downstream.finetuning import train_and_track
 from sane.errors import ConfigError
 from sane.model.sane import load_checked
@@ -97,7 +97,8 @@ def finetune_samples(samples: str | Path, *, epochs: int = 5, lr: float = 1e-3,
 
     for entry in report.samples:
         net = build_model(arch_of[entry.architecture])
-        load_checked(net, load_file(str(samples / entry.file)), str(samples / entry.file))
+        file = samples / entry.file
+        load_checked(net, read_state_dict(file), str(file))
         track("sampled", net)
     index = {(m, e): i for i, (m, e) in enumerate(chosen.ids)}
     for prompt in report.prompts if prompts else []:

@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from sane import atomic, markdown
+from sane.checkpoints import check_weights
 from sane.downstream.features import (
     PERMUTATIONS,
     SANE_FEATURES,
@@ -123,7 +125,9 @@ def predict_properties(
                                                            precision=precision)
     tokens = run_store(run, store)
     for name in properties:
-        tokens.property(name)  # unknown names fail before any work
+        tokens.property(name)  # unknown names fail before any work,
+    # and so does a bad checkpoint of the zoo to predict
+    ids, other_states = ([], []) if predict is None else _other_zoo(predict, tokens)
     values = store_features(tokens, features, model, progress=progress,
                             permutations=permutations)
     splits = {s: tokens.split_rows(s) for s in ("train", "val", "test")}
@@ -135,9 +139,9 @@ def predict_properties(
                   for s in ("SANE", "sW-layer")}
     wanted = [*values, *(s for s in spaces if s not in values)]
     others = (None if predict is None
-              else _other_zoo(predict, tokens, wanted, model, permutations))
+              else _other_features(other_states, tokens, wanted, model, permutations))
     rows = probe_table(values, {p: tokens.property(p) for p in properties}, splits, groups,
-                       extra=None if others is None else {n: others[1][n] for n in values})
+                       extra=None if others is None else {n: others[n] for n in values})
     classification = class_probe_table(values, hyperparameters(tokens), splits)
     out = Path(out)
     ood, other_flags = None, None
@@ -152,8 +156,8 @@ def predict_properties(
                "test": [{"model": tokens.rows[r][0], "epoch": tokens.rows[r][1], **f}
                         for r, f in zip(splits["test"].tolist(), test)]}
         if others is not None:
-            other_flags = reference.flags({s: others[1][s] for s in spaces})
-    predictions = [] if others is None else _predictions(others[0], rows, other_flags)
+            other_flags = reference.flags({s: others[s] for s in spaces})
+    predictions = [] if others is None else _predictions(ids, rows, other_flags)
     fidelity = (None if model is None
                 else reconstruction_report(model, tokens, ("train", "val", "test")))
     atomic.write_json(out / "probes.json", {
@@ -170,36 +174,46 @@ def predict_properties(
     return result
 
 
-def _other_zoo(path: str | Path, store: TokenStore, names: Sequence[str],
-               model: SANE | None, permutations: int
-               ) -> tuple[list[tuple[str, int]], dict[str, np.ndarray]]:
-    """The last checkpoint of every model of the zoo at ``path`` and its features per
-    feature set of ``names``, computed as for the store (SANE: aligned, tokenized and
-    embedded by the store's tokenizer; baselines: from the checkpoint)."""
-    from sane.pipeline import Pipeline
-
+def _other_zoo(path: str | Path, store: TokenStore
+                ) -> tuple[list[tuple[str, int]], list[dict[str, torch.Tensor]]]:
+    """The last checkpoint ``(model, epoch)`` of every model of the zoo at ``path`` and its
+    state dict under the store tokenizer's canonical keys, each checked to hold usable weights
+    (:func:`~sane.checkpoints.check_weights`) that fit the store (errors name the file)."""
     zoo = Zoo.open(path)
     ids = [(m.id, zoo.checkpoint_epochs(m.id)[-1]) for m in zoo.models
            if zoo.checkpoint_epochs(m.id)]
     if not ids:
         raise FormatError(f"{zoo.path}: no stored checkpoint to predict")
-    tokenizer = store.tokenizer
     states = []
     for model_id, epoch in ids:
+        file = zoo.checkpoint_path(model_id, epoch)
+        state = zoo.load_checkpoint(model_id, epoch)
+        check_weights(state, file)
         try:
-            states.append(tokenizer.canonical(zoo.load_checkpoint(model_id, epoch)))
+            states.append(store.tokenizer.canonical(state))
         except FormatError as error:
-            raise FormatError(f"{zoo.checkpoint_path(model_id, epoch)}: {error}") from error
+            raise FormatError(f"{file}: {error}") from error
+    return ids, states
+
+
+def _other_features(states: list[dict[str, torch.Tensor]], store: TokenStore,
+                    names: Sequence[str], model: SANE | None, permutations: int
+                    ) -> dict[str, np.ndarray]:
+    """The features of another zoo's canonical ``states`` per feature set of ``names``,
+    computed as for the store (SANE: aligned, tokenized and embedded by the store's
+    tokenizer; baselines: from the checkpoint)."""
+    from sane.pipeline import Pipeline
+
     features = {}
     if any(name in SANE_FEATURES for name in names):
-        both = Pipeline(model, tokenizer).embed(states, spread=True,
-                                                permutations=permutations)
+        both = Pipeline(model, store.tokenizer).embed(states, spread=True,
+                                                      permutations=permutations)
         features = {"SANE": both[:, :model.config.d_latent], "SANE+std": both}
     for name in names:
         if name not in SANE_FEATURES:
             features[name] = BASELINES[name](
                 states, include_batchnorm=store.settings.include_batchnorm)
-    return ids, {name: features[name] for name in names}
+    return {name: features[name] for name in names}
 
 
 def _predictions(ids: list[tuple[str, int]], rows: list[dict[str, Any]],

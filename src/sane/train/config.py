@@ -28,6 +28,9 @@ class PretrainConfig:
     ``permute`` makes the second view a random permutation of the aligned model.
     ``windows_per_checkpoint`` (default ``ceil(tokens / window_size)``, about covering every
     model once per epoch) sets the epoch length. ``device`` is a torch device string.
+    ``precision`` is ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"``: bf16 on CUDA, and on a
+    CPU whichever of the two a few timed steps at the start find faster
+    (:mod:`sane.train.pretraining`); ``run.json`` records the choice, which a resume keeps.
     """
 
     preset: str = "cpu"

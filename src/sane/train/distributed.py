@@ -13,7 +13,8 @@ the ranks. So that the averaged gradient is the gradient of the *global* batch's
 rank backpropagates ``N`` times its own part of that loss (:func:`sane.train.pretraining`'s
 ``_step_loss``): its squared errors over the global count of masked values, and the NT-Xent
 of the gathered projections of all ranks, in which only its own rows carry gradients.
-Rank 0 alone writes the run directory; the others wait for it at barriers.
+Rank 0 alone writes the run directory, under its writer lock (:mod:`sane.locking`: the ranks
+are one writer); the others wait for it at barriers.
 """
 
 from __future__ import annotations
@@ -96,6 +97,15 @@ def process_group(ranks: Ranks, device: torch.device) -> Iterator[None]:
 def barrier(ranks: Ranks) -> None:
     if ranks.distributed:
         dist.barrier()
+
+
+def from_main(value: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """Rank 0's ``value`` on every rank (``value`` itself for one process): what one rank
+    decided, such as a measured precision, shared so that all ranks compute alike."""
+    if ranks.distributed:
+        value = value.clone()
+        dist.broadcast(value, src=0)
+    return value
 
 
 def total(value: torch.Tensor, ranks: Ranks) -> torch.Tensor:

@@ -15,7 +15,9 @@ The run directory (claimed, saved after every epoch, resumed, self-contained) is
 processes share every batch (:mod:`sane.train.distributed`).
 
 Same store, config, seed and number of processes give the same weights bit for bit on CPU, and
-a run resumed after an interruption ends with the weights of an uninterrupted run.
+a run resumed after an interruption ends with the weights of an uninterrupted run. Precision
+``"auto"`` is decided once, by timing a few steps of each on a copy of the model (see
+:func:`_resolve_precision`), and recorded: given that choice, the same holds.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from contextlib import nullcontext
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,7 @@ from tqdm.auto import tqdm
 from sane.downstream.features import PERMUTATIONS, sane_embeddings, sw_layer_rows
 from sane.downstream.ood import OODReference
 from sane.errors import ConfigError, FormatError
+from sane.locking import writer_lock
 from sane.model.losses import nt_xent, squared_sums
 from sane.model.sane import SANE, SANEConfig, describe, usable_device
 from sane.train.config import PretrainConfig, model_config
@@ -41,12 +46,13 @@ from sane.train.distributed import (
     Ranks,
     barrier,
     environment_ranks,
+    from_main,
     gather_rows,
     process_group,
     total,
 )
 from sane.train.fidelity import reconstruction_report
-from sane.train.run_dir import claim, resume, run_record, save_epoch
+from sane.train.run_dir import claim, recorded_precision, resume, run_record, save_epoch
 from sane.train.windows import WindowBatch, WindowConfig, WindowSampler
 from sane.weights.store import StoreSet, TokenStore, open_store
 
@@ -80,8 +86,10 @@ def pretrain(
 
     Resumes from ``out`` when it holds an unfinished run with the same store, config and
     number of processes; a finished one is returned as is; another config raises
-    :class:`ConfigError`. Started by ``torchrun``, the processes train one model together
-    (:mod:`sane.train.distributed`) and each returns it; rank 0 writes the run.
+    :class:`ConfigError`, and a run directory another process is writing
+    :class:`~sane.errors.BusyError` (:mod:`sane.locking`). Started by ``torchrun``, the
+    processes train one model together (:mod:`sane.train.distributed`) and each returns it;
+    rank 0 writes the run and holds its lock.
     """
     store, out = open_store(store_path), Path(out)
     stores = store.layouts
@@ -90,9 +98,6 @@ def pretrain(
     ranks = environment_ranks()
     ranks.check_batch(config.batch_size)
     device = _device(config.device, ranks)
-    if config.precision == "auto":
-        config = dataclasses.replace(config, precision="bf16" if bf16_hardware(device)
-                                     else "fp32")
     if config.permute and any(s.spec is None for s in stores):
         raise ConfigError(f"{store.path}: the architecture has no permutation spec, so the "
                           "second view cannot be permuted; set `permute = false` in the "
@@ -108,7 +113,8 @@ def pretrain(
         raise ConfigError(f"{store.path}: {len(train.rows)} training checkpoints × "
                           f"{windows.windows_per_checkpoint} windows make no full batch of "
                           f"{config.batch_size}; lower batch_size")
-    with process_group(ranks, device):
+    # one writer per run directory: rank 0 writes for all ranks
+    with process_group(ranks, device), writer_lock(out) if ranks.main else nullcontext():
         return _run(store, train, out, config, shape, device, ranks, progress=progress)
 
 
@@ -117,13 +123,20 @@ def _run(store: TokenStore | StoreSet, train: WindowSampler, out: Path, config: 
          ) -> PretrainResult:
     """The training of :func:`pretrain` in this process (one of ``ranks``)."""
     stores = store.layouts
+    model = SANE(shape, seed=config.seed).to(device)
+    config, measured = _resolve_precision(config, out, model, train, device, ranks)
     if ranks.main:
-        claim(out, run_record(out, store, config.to_dict(), shape.to_dict(), ranks.world_size))
+        if progress and measured is not None:
+            print(f"precision auto: {config.precision} (a step took "
+                  + ", ".join(f"{1e3 * t:.1f} ms in {p}" for p, t in measured.items()) + ")")
+        record = run_record(out, store, config.to_dict(), shape.to_dict(), ranks.world_size)
+        if measured is not None:
+            record["auto_precision"] = {"seconds_per_step": measured, "chosen": config.precision}
+        claim(out, record)
         for k, s in enumerate(stores):  # the run embeds new models without its store
             s.tokenizer.save_pretrained(out if len(stores) == 1 else out / "layouts" / str(k))
     barrier(ranks)
 
-    model = SANE(shape, seed=config.seed).to(device)
     trained = model
     if ranks.distributed:
         trained = torch.nn.parallel.DistributedDataParallel(model)
@@ -163,6 +176,9 @@ def _run(store: TokenStore | StoreSet, train: WindowSampler, out: Path, config: 
 
 
 ONE_PROCESS = Ranks()
+AUTO_STEPS = 5  # timed steps per precision when "auto" measures, after AUTO_WARMUP steps
+AUTO_WARMUP = 2
+BF16_SHARE = 0.9  # "auto" takes bf16 on a CPU where its step takes at most 0.9x fp32's
 
 
 def _device(name: str, ranks: Ranks) -> torch.device:
@@ -170,16 +186,61 @@ def _device(name: str, ranks: Ranks) -> torch.device:
     return ranks.device(usable_device(name))
 
 
-def bf16_hardware(device: torch.device) -> bool:
-    """Whether ``device`` computes in bfloat16 natively: a CUDA device that supports it, or a
-    CPU whose flags (Linux ``/proc/cpuinfo``) include AVX512-BF16 or AMX-BF16."""
+def _resolve_precision(config: PretrainConfig, out: Path, model: SANE, train: WindowSampler,
+                       device: torch.device, ranks: Ranks
+                       ) -> tuple[PretrainConfig, dict[str, float] | None]:
+    """``config`` with precision ``"auto"`` resolved, and the seconds per step measured for
+    it (None where nothing was measured). A run resumes in the precision ``run.json``
+    records; on CUDA, ``auto`` is bf16 where the device supports it; on a CPU it is bf16 only
+    where a step of this model on a batch of this store measures at most :data:`BF16_SHARE`
+    of fp32's (:func:`_measure_precisions`; rank 0's measurement decides for all ranks), so
+    that ``auto`` is never slower than fp32 by more than the timing's noise."""
+    if config.precision != "auto":
+        return config, None
+    recorded = recorded_precision(out)
+    if recorded is not None:
+        return dataclasses.replace(config, precision=recorded), None
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return dataclasses.replace(config, precision="bf16" if torch.cuda.is_bf16_supported()
+                                   else "fp32"), None
+    fp32, bf16 = from_main(torch.tensor(_measure_precisions(model, train, config, device,
+                                                            ranks), dtype=torch.float64),
+                           ranks).tolist()
+    chosen = "bf16" if bf16 <= BF16_SHARE * fp32 else "fp32"
+    return dataclasses.replace(config, precision=chosen), {"fp32": fp32, "bf16": bf16}
+
+
+def _measure_precisions(model: SANE, train: WindowSampler, config: PretrainConfig,
+                        device: torch.device, ranks: Ranks) -> tuple[float, float]:
+    """Seconds of a training step in fp32 and under bf16 autocast: the fastest of
+    :data:`AUTO_STEPS` steps each, after :data:`AUTO_WARMUP` each, the precisions taking turns
+    (a change of load hits both). The steps train a copy of ``model`` on one batch of this
+    rank's share of ``train``'s windows, inside a forked RNG: the run starts from the same
+    weights and random state whatever is measured."""
+    copy = deepcopy(model).train()
+    optimizer = _optimizer(copy, config)
+    rows = np.resize(train.rows, config.batch_size // ranks.world_size)
+    batch = train.batch(rows, torch.Generator().manual_seed(config.seed))
+    seconds = {"fp32": math.inf, "bf16": math.inf}
+    with torch.random.fork_rng(devices=[]):
+        for step in range(AUTO_WARMUP + AUTO_STEPS):
+            for precision in seconds:
+                elapsed = _timed_step(copy, optimizer, batch,
+                                      dataclasses.replace(config, precision=precision), device)
+                if step >= AUTO_WARMUP:
+                    seconds[precision] = min(seconds[precision], elapsed)
+    return seconds["fp32"], seconds["bf16"]
+
+
+def _timed_step(model: SANE, optimizer: torch.optim.Optimizer, batch: WindowBatch,
+                config: PretrainConfig, device: torch.device) -> float:
+    """Seconds of one training step of ``model`` on ``batch`` in ``config.precision``."""
+    start = time.perf_counter()
+    to_backpropagate, _ = _step_loss(model, batch, config, device)
+    optimizer.zero_grad(set_to_none=True)
+    to_backpropagate.backward()
+    optimizer.step()
+    return time.perf_counter() - start
 
 
 def _validation_sampler(store: TokenStore | StoreSet, windows: WindowConfig, seed: int

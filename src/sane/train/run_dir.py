@@ -4,10 +4,12 @@ after every epoch, resumed from the last finished epoch, and self-contained.
 ::
 
     RUN/
+      .sane-writer.lock     held by the process writing the run (:mod:`sane.locking`)
       run.json              format, the resolved pretraining and model config, the store's
                             fingerprint, the number of processes ``world_size`` (a rerun must
                             match all of them) and, as provenance only, the store and its zoo
-                            relative to RUN
+                            relative to RUN and, where precision "auto" was measured,
+                            ``auto_precision``: seconds per step in fp32 and bf16, the choice
       training.safetensors  after every epoch: model, optimizer state; the metadata holds the
                             optimizer hyperparameters, schedule and history (one file, written
                             atomically, so a crash leaves the last finished epoch)
@@ -33,6 +35,7 @@ import torch
 
 from sane import atomic
 from sane.errors import ConfigError, FormatError
+from sane.locking import is_lock_file
 from sane.model.sane import SANE, load_checked
 from sane.train.report import write_reports
 from sane.weights.store import MANIFEST as STORE_MANIFEST
@@ -79,9 +82,19 @@ def claim(out: Path, record: dict[str, Any]) -> None:
                 f"{before}`" + (" (or without torchrun)" if before == 1 else "")
                 + " or choose another --out")
         return
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(not is_lock_file(p) for p in out.iterdir()):
         raise ConfigError(f"{out} exists and is not a pretraining run; choose another --out")
     atomic.write_json(file, record)
+
+
+def recorded_precision(out: Path) -> str | None:
+    """The precision, ``"fp32"`` or ``"bf16"``, that ``run.json`` in ``out`` records (None for
+    a new run): a resumed run computes as it started."""
+    if not (out / RUN_FILE).is_file():
+        return None
+    pretrain = atomic.read_manifest(out / RUN_FILE, FORMAT, VERSION).get("pretrain")
+    precision = pretrain.get("precision") if isinstance(pretrain, dict) else None
+    return precision if precision in ("fp32", "bf16") else None
 
 
 def run_store(run: str | Path, store: str | Path | None = None) -> TokenStore:

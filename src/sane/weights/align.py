@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sane import atomic
+from sane.checkpoints import MAX_ABS
 from sane.errors import FormatError
 from sane.weights.matching import weight_matching
 from sane.weights.permutations import (
@@ -115,8 +116,9 @@ def choose_reference(zoo: Zoo) -> str:
     """The model every other model is aligned to.
 
     Rule: among the models of the *training* split (so validation and test models never define
-    the canonical form), take those whose last stored checkpoint is finite; pick the one trained
-    longest (largest last stored epoch), breaking ties by the smallest model id in string order.
+    the canonical form), take those whose last stored checkpoint is usable (:func:`_usable`);
+    pick the one trained longest (largest last stored epoch), breaking ties by the smallest
+    model id in string order.
     The result depends only on the manifest and the checkpoints, never on how the file system
     lists directories.
     """
@@ -126,10 +128,10 @@ def choose_reference(zoo: Zoo) -> str:
         if epochs:
             candidates.append((-epochs[-1], model_id))
     for negative_epoch, model_id in sorted(candidates):
-        if _finite(zoo.load_checkpoint(model_id, -negative_epoch)):
+        if _usable(zoo.load_checkpoint(model_id, -negative_epoch)):
             return model_id
-    raise FormatError(f"{zoo.path}: no training-split model has a finite stored checkpoint to "
-                      "serve as the alignment reference")
+    raise FormatError(f"{zoo.path}: no training-split model has a usable stored checkpoint "
+                      f"(finite, |w| <= {MAX_ABS:g}) to serve as the alignment reference")
 
 
 def zoo_permutation_spec(zoo: Zoo) -> PermutationSpec:
@@ -142,10 +144,10 @@ def align_zoo(zoo: Zoo, *, seed: int = 0, progress: bool = True) -> Alignment:
     """Align every model of ``zoo`` to :func:`choose_reference`.
 
     Each model's permutation comes from :func:`~sane.weights.weight_matching` between the
-    reference's last stored checkpoint and the model's last stored checkpoint with finite
-    weights (a model that diverged falls back to its latest finite one; a model without any is
-    left out), with the same ``seed`` for every model, so that a model's permutation depends
-    only on the two checkpoints and ``seed``.
+    reference's last stored checkpoint and the model's last stored checkpoint with usable
+    weights (:func:`_usable`: a model that diverged falls back to its latest usable one; a
+    model without any is left out), with the same ``seed`` for every model, so that a model's
+    permutation depends only on the two checkpoints and ``seed``.
     """
     layout = zoo_layout(zoo)
     spec = permutation_spec(build_model(layout.arch, seed=0))
@@ -160,7 +162,7 @@ def align_zoo(zoo: Zoo, *, seed: int = 0, progress: bool = True) -> Alignment:
             continue
         for epoch in reversed(zoo.checkpoint_epochs(model_id)):
             state = _load(zoo, layout, spec, model_id, epoch)
-            if _finite(state):
+            if _usable(state):
                 try:
                     perms[model_id] = weight_matching(spec, reference_state, state, seed=seed)
                 except FormatError as error:
@@ -176,8 +178,9 @@ def _load(
     """A checkpoint under the canonical keys whose shapes fit ``spec`` (FormatError naming the
     file if not)."""
     file = zoo.checkpoint_path(model_id, epoch)
+    state = zoo.load_checkpoint(model_id, epoch)  # its errors name the file
     try:
-        state = layout.rename(model_id, zoo.load_checkpoint(model_id, epoch))
+        state = layout.rename(model_id, state)
     except FormatError as error:
         raise FormatError(f"{file}: {error}") from error
     for key, names in spec.axes.items():
@@ -190,8 +193,11 @@ def _load(
     return state
 
 
-def _finite(state_dict: Mapping[str, torch.Tensor]) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in state_dict.values() if t.is_floating_point())
+def _usable(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether every floating-point weight is finite and at most :data:`MAX_ABS` in magnitude
+    (diverged models are neither aligned to nor chosen as the reference)."""
+    return all(bool(torch.isfinite(t).all()) and (t.numel() == 0 or t.abs().max() <= MAX_ABS)
+               for t in state_dict.values() if t.is_floating_point())
 
 
 def _check_keys(manifest: dict[str, Any], file: Path) -> None:

@@ -15,6 +15,7 @@
       positions.npy         int64 [N, 3]: (n, l, k) per token, shared by all checkpoints
       properties.npy        float64 [M, P]: per checkpoint metrics (NaN where unknown)
       alignment.json/.safetensors   with ``align``: the reference and one permutation per model
+      .sane-writer.lock     held by the process preparing the store (:mod:`sane.locking`)
 
 A zoo of several parameter layouts (a *mixed* zoo: CNN-s beside a wider CNN-s) becomes a
 :class:`StoreSet`: one complete store per layout under ``STORE/layouts/<k>`` (each aligned
@@ -48,6 +49,7 @@ from tqdm.auto import tqdm
 
 from sane import atomic
 from sane.errors import ConfigError, FormatError
+from sane.locking import writer_lock
 from sane.settings import from_table, require
 from sane.weights.align import MANIFEST as ALIGNMENT_MANIFEST
 from sane.weights.align import Alignment, align_zoo
@@ -77,7 +79,8 @@ class StoreSettings:
 
     ``max_abs`` leaves out checkpoints with a tokenized weight of magnitude above it
     (diverged models, whose scale would otherwise dominate the standardization); None keeps
-    every finite checkpoint.
+    every finite checkpoint up to :data:`sane.checkpoints.MAX_ABS`, the largest weight any
+    computation here accepts (:func:`sane.checkpoints.weight_limit`).
     """
 
     token_size: int | None = None
@@ -156,6 +159,8 @@ class TokenStore:
             raise
         try:
             return cls(path, meta)
+        except FormatError:
+            raise  # it names its file (a tokenizer or an array of the store)
         except (KeyError, TypeError, ValueError) as error:
             raise FormatError(f"{file}: malformed store manifest ({error!r})") from error
 
@@ -273,15 +278,18 @@ def prepare_store(
     """Tokenize every selected checkpoint of the zoo at ``zoo_path`` into a store at ``out``
     (a :class:`StoreSet` when the zoo mixes parameter layouts).
 
-    Checkpoints with non-finite weights are left out (and counted in ``store.json``). A
+    Checkpoints with non-finite weights, or weights above ``settings.max_abs`` (never above
+    :data:`sane.checkpoints.MAX_ABS`), are left out (and counted in ``store.json``). A
     complete store with the same settings is returned as is; different settings raise
-    :class:`ConfigError`.
+    :class:`ConfigError`, and a store directory another process is writing
+    :class:`~sane.errors.BusyError` (:mod:`sane.locking`).
     """
     zoo, out = Zoo.open(zoo_path), Path(out)
     groups = layout_groups(zoo)
-    if len(groups) > 1:
-        return _prepare_set(zoo, groups, out, settings, progress)
-    return _prepare(zoo, out, settings, progress)
+    with writer_lock(out):
+        if len(groups) > 1:
+            return _prepare_set(zoo, groups, out, settings, progress)
+        return _prepare(zoo, out, settings, progress)
 
 
 def _prepare(zoo: Zoo, out: Path, settings: StoreSettings, progress: bool) -> TokenStore:
@@ -396,10 +404,7 @@ def _properties(zoo: Zoo, rows: Iterable[tuple[str, int, str]]) -> np.ndarray:
 def _load_npy(path: Path, shape: tuple[int, ...], dtype: type, *, mmap: bool = False) -> np.ndarray:
     if not path.is_file():
         raise FormatError(f"{path}: missing")
-    try:
-        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise FormatError(f"{path}: unreadable ({error})") from error
+    array = atomic.read_array(path, mmap=mmap)
     if array.shape != shape or array.dtype != np.dtype(dtype):
         raise FormatError(f"{path}: expected {np.dtype(dtype)} {list(shape)}, "
                           f"got {array.dtype} {list(array.shape)}")

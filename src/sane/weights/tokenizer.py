@@ -17,7 +17,8 @@ selected, which :func:`sane.weights.store.prepare_store` then tokenizes): (1) th
 layout from the zoo's shared parameter layout (:mod:`sane.zoo.layout`); (2) with ``align``,
 weight matching of every model to one reference (:mod:`sane.weights.align`); (3) per-tensor
 standardization fitted on the training split's usable checkpoints only: finite, and with no
-tokenized weight above ``max_abs`` when set.
+tokenized weight above ``max_abs`` when set, nor above :data:`sane.checkpoints.MAX_ABS` (the
+largest weight any computation here accepts) in any case.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sane import atomic
+from sane.checkpoints import weight_limit
 from sane.errors import ConfigError, FormatError
 from sane.weights.align import Alignment, align_zoo
 from sane.weights.manifest import TokenManifest
@@ -216,9 +218,11 @@ def fit_zoo(zoo: Zoo | str | Path, *, token_size: int | None = None, align: bool
             splits: Sequence[str] = ("train",), progress: bool = False) -> ZooFit:
     """Fit a tokenizer on ``zoo``: ``token_size`` values per token (None: the longest row),
     batch-norm statistics tokenized with ``include_batchnorm``, only checkpoints of
-    ``epochs`` (None: all) and none with a weight above ``max_abs``; the standardization on
-    the checkpoints of ``splits``. ``align`` aligns every model to one reference by weight
-    matching with ``seed`` (or takes ``alignment``, already computed for this zoo)."""
+    ``epochs`` (None: all) and none with a weight above ``max_abs`` (nor above
+    :data:`~sane.checkpoints.MAX_ABS`: :func:`~sane.checkpoints.weight_limit`); the
+    standardization on the checkpoints of ``splits``. ``align`` aligns every model to one
+    reference by weight matching with ``seed`` (or takes ``alignment``, already computed for
+    this zoo)."""
     zoo = zoo if isinstance(zoo, Zoo) else Zoo.open(zoo)
     if max_abs is not None and not max_abs > 0:
         raise ConfigError(f"max_abs must be positive, got {max_abs}")
@@ -273,7 +277,7 @@ def _usable_rows(zoo: Zoo, layout: ZooLayout, manifest: TokenManifest,
                  ) -> tuple[list[tuple[str, int, str]], dict[str, int]]:
     """``(model, epoch, split)`` of every usable checkpoint, in split then id then epoch
     order, and the numbers left out for non-finite weights and for weights above
-    ``max_abs``."""
+    ``weight_limit(max_abs)``."""
     split_of = {m: s for s, ids in zoo.split.items() for m in ids}
     rows, skipped = [], {"non_finite": 0, "above_max_abs": 0}
     ids = [m for s in ("train", "val", "test") for m in sorted(zoo.split[s])]
@@ -284,8 +288,8 @@ def _usable_rows(zoo: Zoo, layout: ZooLayout, manifest: TokenManifest,
         for epoch in zoo.checkpoint_epochs(model_id):
             if epochs is not None and epoch not in epochs:
                 continue
+            state = load(model_id, epoch)  # its errors name the file
             try:
-                state = load(model_id, epoch)
                 manifest.check_state_dict(state, finite=False)
             except FormatError as error:
                 raise FormatError(f"{zoo.checkpoint_path(model_id, epoch)}: {error}") from error
@@ -293,8 +297,7 @@ def _usable_rows(zoo: Zoo, layout: ZooLayout, manifest: TokenManifest,
             if not all(torch.isfinite(v).all() for v in values):
                 skipped["non_finite"] += 1
                 continue
-            if max_abs is not None and max(float(v.abs().max()) for v in values
-                                           if v.numel()) > max_abs:
+            if max(float(v.abs().max()) for v in values if v.numel()) > weight_limit(max_abs):
                 skipped["above_max_abs"] += 1
                 continue
             rows.append((model_id, epoch, split_of[model_id]))

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from sane.data import load_dataset
 from sane.errors import ConfigError
+from sane.locking import writer_lock
 from sane.zoo.architectures import build_model, input_shape
 from sane.zoo.config import PopulationConfig, enumerate_models
 from sane.zoo.group_training import TrainingData, finish_group, start_epoch, train_group
@@ -47,7 +48,8 @@ def train_population(config: PopulationConfig, out: str | Path, *, progress: boo
     :class:`~sane.errors.ConfigError`. With the ``"local"`` backend and ``config.workers > 1``,
     groups of models train in that many processes; the ``"ray"`` backend trains each group as
     a Ray task, on a local Ray instance or on the cluster at ``address``
-    (:mod:`sane.zoo.ray_backend`). Both backends write the same zoo.
+    (:mod:`sane.zoo.ray_backend`). Both backends write the same zoo. A zoo directory another
+    process is writing raises :class:`~sane.errors.BusyError` (:mod:`sane.locking`).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
@@ -56,8 +58,14 @@ def train_population(config: PopulationConfig, out: str | Path, *, progress: boo
                           "add --backend ray or drop --address")
     if backend == "ray":
         require_ray()  # before anything is written
-    out = Path(out)
-    entries = enumerate_models(config)
+    out, entries = Path(out), enumerate_models(config)
+    with writer_lock(out):  # worker processes and Ray tasks write under this process's lock
+        return _train(config, entries, out, progress, backend, address)
+
+
+def _train(config: PopulationConfig, entries: list[ModelEntry], out: Path, progress: bool,
+           backend: str, address: str | None) -> Zoo:
+    """:func:`train_population` of the models ``entries`` once it holds ``out``'s lock."""
     zoo = _open_existing(out, config, entries)
     groups = plan_groups(entries, config.models_per_group)
     if zoo is not None and all(start_epoch(zoo, g) >= config.epochs for g in groups):

@@ -7,6 +7,7 @@
       models/<id>/epoch_<EEE>.safetensors state dict after epoch E (0 = initialization)
       models/<id>/metrics.json            one row per finished epoch
       models/<id>/resume_<EEE>.safetensors optimizer state after epoch E (while training only)
+      .sane-writer.lock                   held by the process writing the zoo (sane.locking)
 
 The manifest holds the format version, the dataset, every model's id, seed, architecture and
 training recipe, and the model-level train/validation/test split, fixed at creation. Progress
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from sane import atomic
+from sane.checkpoints import read_state_dict
 from sane.errors import FormatError
 from sane.zoo.architectures import ArchConfig, state_layout
 
@@ -192,17 +194,12 @@ class Zoo:
     def load_checkpoint(self, model_id: str, epoch: int) -> dict[str, torch.Tensor]:
         """The state dict of ``model_id`` after ``epoch``, keys in the architecture's module
         order (safetensors files list them sorted), checked against the architecture's keys,
-        shapes and dtypes."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
+        shapes and dtypes (:func:`~sane.checkpoints.read_state_dict`: half precision is read
+        as float32). Errors name the file."""
         file = self.checkpoint_path(model_id, epoch)
         if not file.is_file():
             raise FormatError(f"{file}: checkpoint not found (model {model_id}, epoch {epoch})")
-        try:
-            state = load_file(str(file))
-        except (SafetensorError, OSError) as error:
-            raise FormatError(f"{file}: unreadable checkpoint ({error})") from error
+        state = read_state_dict(file)
         layout = state_layout(self.model(model_id).architecture)
         keys = [k for k, _, _ in layout]
         if set(state) != set(keys):

@@ -23,7 +23,6 @@ from sane.zoo.modelzoos.reader import (
     ImportReport,
     Skipped,
     import_modelzoos,
-    load_state_dict,
 )
 from sane.zoo.modelzoos.writer import export_modelzoos
 
@@ -34,6 +33,5 @@ __all__ = [
     "architecture_from_params",
     "export_modelzoos",
     "import_modelzoos",
-    "load_state_dict",
     "params_from_entry",
 ]

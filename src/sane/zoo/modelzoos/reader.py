@@ -10,9 +10,10 @@ are read from ``training_iteration`` (checked on every line of every trial); a `
 without it falls back to the loaders' rule: line ``i`` is epoch ``i`` when ``checkpoint_0``
 exists, else epoch ``i + 1``.
 
-Import never unpickles: every checkpoint is read with ``torch.load(weights_only=True)`` and
-checked against the state dict of the architecture rebuilt from ``params.json`` (keys, shapes,
-dtypes), then for finiteness and magnitude. A bad checkpoint is skipped and reported, its
+Import never unpickles: every checkpoint is read by :func:`sane.checkpoints.read_state_dict`
+(``torch.load(weights_only=True)``; half precision read as float32) and checked against the
+state dict of the architecture rebuilt from ``params.json`` (keys, shapes, dtypes), then for
+finiteness and magnitude. A bad checkpoint is skipped and reported, its
 metrics row kept with ``checkpoint: false``; a trial with an unusable ``params.json`` or
 ``result.json``, or without a usable checkpoint, is skipped and reported.
 """
@@ -32,7 +33,9 @@ import torch
 from tqdm import tqdm
 
 from sane import atomic
+from sane.checkpoints import check_weights, read_state_dict
 from sane.errors import ConfigError, FormatError
+from sane.locking import writer_lock
 from sane.zoo.architectures import ArchConfig, build_model
 from sane.zoo.modelzoos.params import DATASET_KEY, SPLIT_KEY, entry_from_params
 from sane.zoo.storage import MANIFEST, METRIC_KEYS, ModelEntry, Zoo, make_split
@@ -144,7 +147,8 @@ def import_modelzoos(
     Checkpoints with non-finite values or a floating-point entry with ``|w| > max_abs`` are
     skipped, as are checkpoints whose keys, shapes or dtypes differ from the architecture.
     With ``strict``, the first skipped item raises :class:`FormatError` instead. An interrupted
-    import resumes when rerun with the same arguments. The report is also written to
+    import resumes when rerun with the same arguments; a directory another process is writing
+    raises :class:`~sane.errors.BusyError`. The report is also written to
     ``out/import_report.json``.
     """
     src, out = Path(src), Path(out)
@@ -189,8 +193,17 @@ def import_modelzoos(
         "modelzoos": {"source": str(src.resolve()), "max_abs": max_abs,
                       "trials": {t.entry.id: t.folder.name for t in trials}},
     }
-    zoo = _create_or_resume(out, manifest)
+    with writer_lock(out):
+        written = _write(_create_or_resume(out, manifest), trials, templates, max_abs, progress)
+        report = ImportReport(src, out, len(trials), written, tuple(skipped), ignored)
+        atomic.write_json(out / REPORT_FILE, report.to_dict())
+    return report
 
+
+def _write(zoo: Zoo, trials: list[_Trial], templates: dict[ArchConfig, Template],
+           max_abs: float, progress: bool) -> int:
+    """Write the checked ``trials`` into ``zoo`` (epochs already there are kept); the number
+    of checkpoints the zoo then holds."""
     written = 0
     for trial in tqdm(trials, desc="importing", unit="model", disable=None if progress else True):
         template = templates[trial.entry.architecture]
@@ -206,10 +219,7 @@ def import_modelzoos(
                 state = _checked_state_dict(path, template, max_abs)
                 written += 1
             zoo.write_epoch(trial.entry.id, epoch, state, trial.rows.get(epoch, {}))
-
-    report = ImportReport(src, out, len(trials), written, tuple(skipped), ignored)
-    atomic.write_json(out / REPORT_FILE, report.to_dict())
-    return report
+    return written
 
 
 def _read_trial(
@@ -316,32 +326,10 @@ def _metrics(record: dict[str, Any], where: str) -> dict[str, float | None]:
     return metrics
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a ``torch.save``d state dict without unpickling arbitrary objects.
-
-    ``torch.load(weights_only=True)`` refuses any object that is not a tensor or a plain
-    container, so a file carrying code is rejected (as :class:`FormatError`), never run.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FormatError(f"{path}: checkpoint file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # untrusted bytes can fail in many ways, none of them ours
-        raise FormatError(f"{path}: refused by weights-only loading, nothing in it was run "
-                          f"({_one_line(error)})") from error
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise FormatError(f"{path}: expected a state dict (names to tensors), "
-                          f"got {type(state).__name__}")
-    return dict(state)
-
-
 def _checked_state_dict(
     path: Path, template: Template, max_abs: float
 ) -> dict[str, torch.Tensor]:
-    state = load_state_dict(path)
+    state = read_state_dict(path)
     missing = [k for k in template if k not in state]
     unexpected = [k for k in state if k not in template]
     if missing or unexpected:
@@ -352,13 +340,7 @@ def _checked_state_dict(
         if tuple(tensor.shape) != shape or tensor.dtype != dtype:
             raise FormatError(f"{path}: {key} is {tensor.dtype} {list(tensor.shape)}, "
                               f"expected {dtype} {list(shape)}")
-        if not tensor.is_floating_point() or tensor.numel() == 0:
-            continue  # integer buffers (batch-norm counters) are counts, not weights
-        if not torch.isfinite(tensor).all():
-            raise FormatError(f"{path}: {key} holds NaN or infinite values")
-        largest = tensor.abs().max().item()
-        if largest > max_abs:
-            raise FormatError(f"{path}: {key} has |w| = {largest:.4g} > max_abs = {max_abs:g}")
+    check_weights(state, path, max_abs)
     return state
 
 
@@ -414,13 +396,3 @@ def _few(keys: Iterable[str], n: int = 3) -> str:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' * (n != 1)}"
-
-
-def _one_line(error: Exception) -> str:
-    """The informative line of a (possibly long, multi-line) library error message."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
-    for line in text.splitlines():
-        if "WeightsUnpickler error:" in line:
-            return line.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0]
-    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-    return first[:200]
