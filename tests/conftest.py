@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from sane.model import SANE
+from sane.stages.reference import fit_reference
 from sane.train import PretrainConfig, pretrain
 from sane.weights.store import StoreSettings, TokenStore, prepare_store
 from sane.zoo import ArchConfig, ModelEntry, Zoo, build_model
@@ -35,7 +36,9 @@ def tiny_run(random_store, tmp_path_factory) -> tuple[Path, SANE]:
     out = tmp_path_factory.mktemp("run")
     config = PretrainConfig(preset="tiny", epochs=1, batch_size=8,
                             model={"d_model": 32, "n_layers": 1})
-    return out, pretrain(random_store.path, out, config, progress=False).model
+    model = pretrain(random_store.path, out, config, progress=False).model
+    fit_reference(out, store=random_store.path)  # as `sane pretrain` does
+    return out, model
 
 
 @pytest.fixture(scope="session")

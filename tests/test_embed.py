@@ -19,6 +19,7 @@ from sane.downstream.embedding import embed_checkpoints
 from sane.errors import ConfigError, FormatError
 from sane.model import SANE
 from sane.pipeline import Pipeline
+from sane.stages.reference import fit_reference
 from sane.train import PretrainConfig, pretrain
 from sane.train.config import model_config
 from sane.weights import apply_permutation, weight_matching
@@ -58,6 +59,7 @@ def test_a_copied_run_without_store_or_zoo_embeds_reconstructs_and_samples_as_th
                      PretrainConfig(preset="tiny", epochs=1, batch_size=8,
                                     model={"d_model": 32, "n_layers": 1}),
                      progress=False).model
+    fit_reference(tmp_path / "run")  # as `sane pretrain` does
     rows = [r for r, (_, epoch, _) in enumerate(store.rows) if epoch == 3]
     nets = [_load(zoo, store.rows[r][0], 3) for r in rows]
     files = []

@@ -9,8 +9,8 @@ import torch
 
 from sane.errors import ConfigError, FormatError
 from sane.pipeline import Pipeline
+from sane.run import Run
 from sane.train import PretrainConfig, WindowConfig, WindowSampler, pretrain
-from sane.train.run_dir import run_store
 from sane.weights.store import StoreSet, StoreSettings, TokenStore, open_store, prepare_store
 from sane.zoo import ArchConfig, build_model, load_config, train_population
 from sane.zoo.layout import layout_groups
@@ -92,5 +92,5 @@ def test_pretraining_draws_windows_across_architectures_and_reconstructs_both(mi
     assert pipe.embed(nets).shape == (2, result.model.config.d_latent)
     assert pipe.reconstruct(nets[1]).module_list[0].weight.shape == (16, 1, 5, 5)
     with pytest.raises(FormatError, match="give one layout, STORE/layouts/K"):
-        run_store(tmp_path / "run")
-    assert run_store(tmp_path / "run", store.path / "layouts" / "1").path.name == "1"
+        Run(tmp_path / "run").store()
+    assert Run(tmp_path / "run").store(store.path / "layouts" / "1").path.name == "1"

@@ -13,7 +13,6 @@ from sane.cli import main
 from sane.downstream.features import PERMUTATIONS
 from sane.downstream.ood import OODReference
 from sane.errors import ConfigError, FormatError
-from sane.train import PretrainConfig, pretrain
 from sane.zoo import Zoo
 
 # Ten models on a line one apart, two checkpoints each at the same place; a second feature
@@ -109,10 +108,13 @@ def test_a_run_rebuilds_a_reference_of_an_earlier_sane(tiny_run, random_store, t
         OODReference.load(run)
     (run / "ood.json").unlink()
     (run / "ood.npy").unlink()
-    config = PretrainConfig(preset="tiny", epochs=1, batch_size=8,  # that of tiny_run
-                            model={"d_model": 32, "n_layers": 1})
+    config = tmp_path / "tiny.toml"  # that of tiny_run
+    config.write_text('preset = "tiny"\nepochs = 1\nbatch_size = 8\n'
+                      '[model]\nd_model = 32\nn_layers = 1\n')
     before = (run / "model.safetensors").read_bytes()
-    pretrain(random_store.path, run, config, progress=False)
+    precision = json.loads((run / "run.json").read_text())["pretrain"]["precision"]
+    assert main(["pretrain", str(random_store.path), "--out", str(run), "--config",
+                 str(config), "--precision", precision]) == 0
     assert (run / "model.safetensors").read_bytes() == before  # nothing trained again
     rebuilt = OODReference.load(run)
     assert rebuilt.thresholds == pytest.approx(expected.thresholds)

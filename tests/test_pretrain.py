@@ -231,10 +231,10 @@ def test_a_store_without_permutation_spec_needs_permute_off(store, tmp_path):
 
 
 def test_run_store_finds_the_store_of_a_run(store, run, tmp_path):
-    from sane.train.run_dir import run_store
+    from sane.run import Run
 
     out, _ = run
-    assert run_store(out).path.resolve() == store.path.resolve()
-    assert run_store(tmp_path, store.path).path == store.path
+    assert Run(out).store().path.resolve() == store.path.resolve()
+    assert Run(tmp_path).store(store.path).path == store.path
     with pytest.raises(FormatError, match="is not a pretraining run"):
-        run_store(tmp_path)
+        Run(tmp_path).store()

@@ -38,7 +38,7 @@ from sane.downstream.sampling import kde_sample, latent_spread
 from sane.errors import ConfigError, FormatError
 from sane.model import SANE
 from sane.model.halo import Sequences
-from sane.train.run_dir import run_tokenizers
+from sane.run import Run
 from sane.weights.permutations import embedding_views
 from sane.weights.tokenizer import Tokenizer
 from sane.zoo.layout import rename_positionally
@@ -68,8 +68,8 @@ class Pipeline:
         a run on a mixed zoo's store keeps one tokenizer per layout in ``layouts/<k>``); the
         SANE computes on ``device`` in ``precision`` (``"auto"``: bf16 autocast on CUDA, fp32
         on CPU; :func:`sane.model.sane.inference_precision`)."""
-        return cls(SANE.from_pretrained(run, device=device, precision=precision),
-                   run_tokenizers(run))
+        run = Run(run)
+        return cls(run.model(device=device, precision=precision), run.tokenizers())
 
     def tokenizer(self, model: Model) -> Tokenizer:
         """The tokenizer that fits ``model`` (FormatError naming the first mismatch with the

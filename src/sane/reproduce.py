@@ -125,6 +125,7 @@ def run_reproduction(out: str | Path, scale: Scale, *, progress: bool = True) ->
     from sane import atomic
     from sane.downstream.analysis import analyze
     from sane.stages.probe import predict_properties
+    from sane.stages.reference import fit_reference
     from sane.train import PretrainConfig, pretrain
     from sane.weights.store import StoreSettings, prepare_store
     from sane.zoo import load_config, train_population
@@ -155,6 +156,7 @@ def run_reproduction(out: str | Path, scale: Scale, *, progress: bool = True) ->
                           PretrainConfig(preset=scale.pretrain_preset,
                                          epochs=scale.pretrain_epochs,
                                          batch_size=scale.batch_size), progress=progress)
+    fit_reference(out / "sane", store=store.path)
     print(f"4/{stages} predicting model properties")
     probes = predict_properties(out / "sane", out / "probes", progress=progress)
     print(f"5/{stages} sampling models" + (" and fine-tuning them (SANE Table 3)"

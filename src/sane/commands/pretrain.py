@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> None:
+    from sane.stages.reference import fit_reference
     from sane.train import load_pretrain_config, pretrain
     from sane.train.distributed import environment_ranks
 
@@ -43,5 +44,6 @@ def _pretrain(args: argparse.Namespace) -> None:
     pretrain(args.store, args.out, config)
     if not environment_ranks().main:
         return
+    fit_reference(args.out, store=args.store)  # what `sane embed` flags checkpoints against
     print((args.out / "report.md").read_text().rstrip().splitlines()[-1])
     print(f"model: {args.out} (sane.SANE.from_pretrained), report: {args.out / 'report.md'}")

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from sane import atomic, markdown
 from sane.model import SANE
-from sane.train.run_dir import run_store
+from sane.run import Run
 from sane.weights.spectral import MIN_EVALS, layer_metrics
 from sane.weights.store import TokenStore
 
@@ -95,7 +95,7 @@ def analyze(run: str | Path, out: str | Path, *, store: str | Path | None = None
             progress: bool = True) -> dict[str, Any]:
     """Run the layer analysis of the store of ``run`` (or ``store``) into ``out``."""
     model = SANE.from_pretrained(run)
-    tokens = run_store(run, store)
+    tokens = Run(run).store(store)
     per_layer = {"z_spread": latent_spread(model, tokens, progress=progress),
                  **spectral_metrics(tokens, progress=progress)}
     accuracy = tokens.property("test_acc")

@@ -49,8 +49,8 @@ from sane.downstream.probes import (
 )
 from sane.errors import FormatError
 from sane.model import SANE
+from sane.run import Run
 from sane.train.fidelity import fidelity_markdown, reconstruction_report
-from sane.train.run_dir import run_store
 from sane.weights.baselines import BASELINES
 from sane.weights.store import TokenStore
 from sane.zoo import Zoo
@@ -123,7 +123,7 @@ def predict_properties(
         raise FormatError("give a pretraining run or a token store")
     model = None if run is None else SANE.from_pretrained(run, device=device,
                                                            precision=precision)
-    tokens = run_store(run, store)
+    tokens = TokenStore.open(store) if run is None else Run(run).store(store)
     for name in properties:
         tokens.property(name)  # unknown names fail before any work,
     # and so does a bad checkpoint of the zoo to predict

@@ -33,7 +33,7 @@ from torch import nn
 
 from sane.data import Dataset, load_dataset
 from sane.errors import ConfigError, FormatError
-from sane.train.run_dir import run_store, run_tokenizers
+from sane.run import Run
 from sane.weights.permutations import permutation_spec
 from sane.weights.positions import relative_positions
 from sane.weights.store import TokenStore
@@ -148,10 +148,10 @@ def zoo_prompts(zoo_path: str | Path, source: Tokenizer, count: int,
 def request_prompts(request: dict[str, Any]) -> Prompts:
     """The prompts of a sampling request as ``samples.json`` records it."""
     if request.get("prompts_from") is not None:
-        return zoo_prompts(request["prompts_from"], run_tokenizers(request["run"])[0],
+        return zoo_prompts(request["prompts_from"], Run(request["run"]).tokenizers()[0],
                            request["prompts"], request["prompt_epoch"],
                            best=request["best_prompts"])
-    return store_prompts(run_store(request["run"], request["store"]), request["prompts"],
+    return store_prompts(Run(request["run"]).store(request["store"]), request["prompts"],
                          request["prompt_epoch"], best=request["best_prompts"],
                          dataset=request["dataset"], root=request["root"])
 

@@ -63,9 +63,9 @@ from sane.downstream.verdicts import Scored, Versus, strongest, versus
 from sane.errors import ConfigError, FormatError
 from sane.model import SANE
 from sane.model.sane import inference_precision, usable_device
+from sane.run import Run
 from sane.settings import from_table
 from sane.stages.prompts import request_prompts
-from sane.train.run_dir import run_store
 from sane.zoo import ArchConfig, build_model
 from sane.zoo.evaluation import accuracy
 from sane.zoo.layout import as_architecture
@@ -270,7 +270,7 @@ def sample_from_run(
                "prompts": prompts, "prompt_epoch": prompt_epoch, "best_prompts": best_prompts,
                "config": dataclasses.asdict(config), "dataset": dataset, "root": root}
     if prompts_from is None:
-        request["store"] = str(run_store(run, store).path.resolve())
+        request["store"] = str(Run(run).store(store).path.resolve())
     else:  # recorded only when given: requests of earlier versions stay the same
         request["prompts_from"] = str(Path(prompts_from).resolve())
     precision = inference_precision(precision, usable_device(device))

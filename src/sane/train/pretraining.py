@@ -10,8 +10,8 @@ The loss is ``(1 - gamma) · masked MSE + gamma · NT-Xent`` of the two views' p
 each view is reconstructed from its own latents. AdamW (weight decay on matrices only) under a
 one-cycle schedule stepped every batch, as in the published recipe.
 
-The run directory (claimed, saved after every epoch, resumed, self-contained) is
-:mod:`sane.train.run_dir`; its reports are :mod:`sane.train.report`. Under ``torchrun`` the
+The run directory (claimed, saved after every epoch, resumed, self-contained) is a
+:class:`sane.run.Run`; its reports are :mod:`sane.train.report`. Under ``torchrun`` the
 processes share every batch (:mod:`sane.train.distributed`).
 
 Same store, config, seed and number of processes give the same weights bit for bit on CPU, and
@@ -35,12 +35,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sane.downstream.features import PERMUTATIONS, sane_embeddings, sw_layer_rows
-from sane.downstream.ood import OODReference
 from sane.errors import ConfigError, FormatError
 from sane.locking import writer_lock
 from sane.model.losses import nt_xent, squared_sums
 from sane.model.sane import SANE, SANEConfig, describe, usable_device
+from sane.run import Run
 from sane.train.config import PretrainConfig, model_config
 from sane.train.distributed import (
     Ranks,
@@ -52,7 +51,7 @@ from sane.train.distributed import (
     total,
 )
 from sane.train.fidelity import reconstruction_report
-from sane.train.run_dir import claim, recorded_precision, resume, run_record, save_epoch
+from sane.train.report import write_reports
 from sane.train.windows import WindowBatch, WindowConfig, WindowSampler
 from sane.weights.store import StoreSet, TokenStore, open_store
 
@@ -122,19 +121,18 @@ def _run(store: TokenStore | StoreSet, train: WindowSampler, out: Path, config: 
          shape: SANEConfig, device: torch.device, ranks: Ranks, *, progress: bool
          ) -> PretrainResult:
     """The training of :func:`pretrain` in this process (one of ``ranks``)."""
-    stores = store.layouts
+    stores, run = store.layouts, Run(out)
     model = SANE(shape, seed=config.seed).to(device)
     config, measured = _resolve_precision(config, out, model, train, device, ranks)
     if ranks.main:
         if progress and measured is not None:
             print(f"precision auto: {config.precision} (a step took "
                   + ", ".join(f"{1e3 * t:.1f} ms in {p}" for p, t in measured.items()) + ")")
-        record = run_record(out, store, config.to_dict(), shape.to_dict(), ranks.world_size)
+        record = run.new_record(store, config.to_dict(), shape.to_dict(), ranks.world_size)
         if measured is not None:
             record["auto_precision"] = {"seconds_per_step": measured, "chosen": config.precision}
-        claim(out, record)
-        for k, s in enumerate(stores):  # the run embeds new models without its store
-            s.tokenizer.save_pretrained(out if len(stores) == 1 else out / "layouts" / str(k))
+        run.claim(record)
+        run.save_tokenizers([s.tokenizer for s in stores])
     barrier(ranks)
 
     trained = model
@@ -143,7 +141,10 @@ def _run(store: TokenStore | StoreSet, train: WindowSampler, out: Path, config: 
     optimizer = _optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.epochs * len(train), pct_start=0.3)
-    history = resume(out, model, optimizer, scheduler, write=ranks.main)
+    history = run.resume(model, optimizer, scheduler)
+    if ranks.main and history:  # a crash may have come between the state and the model
+        model.save_pretrained(out)
+        write_reports(out, history)
     progress = progress and ranks.main
     if progress and not history:
         print(describe(model))
@@ -165,13 +166,11 @@ def _run(store: TokenStore | StoreSet, train: WindowSampler, out: Path, config: 
                 record |= _evaluate(model, val, config, device)
             record["seconds"] = time.perf_counter() - start
             record |= _whole_models(model, stores, config, final=epoch == config.epochs)
-            save_epoch(out, model, optimizer, scheduler, [*history, record])
+            run.save_epoch(model, optimizer, scheduler, [*history, record])
+            write_reports(out, [*history, record])
         history.append(record)
         barrier(ranks)
     bar.close()
-    if ranks.main and not (out / "ood.json").is_file():
-        _ood_reference(model, stores).save(out)
-    barrier(ranks)
     return PretrainResult(model.eval(), history, out)
 
 
@@ -197,7 +196,7 @@ def _resolve_precision(config: PretrainConfig, out: Path, model: SANE, train: Wi
     that ``auto`` is never slower than fp32 by more than the timing's noise."""
     if config.precision != "auto":
         return config, None
-    recorded = recorded_precision(out)
+    recorded = Run(out).recorded_precision()
     if recorded is not None:
         return dataclasses.replace(config, precision=recorded), None
     if device.type == "cuda":
@@ -348,24 +347,6 @@ def _whole_models(model: SANE, stores: list[TokenStore], config: PretrainConfig,
         return record | {"fidelity": reports[0]}
     return record | {"fidelity": {"layouts": [
         {"architecture": s.architectures[0].name, **r} for s, r in zip(stores, reports)]}}
-
-
-def _ood_reference(model: SANE, stores: list[TokenStore]) -> OODReference:
-    """The out-of-distribution reference of the run (:mod:`sane.downstream.ood`): the
-    embeddings of every training-split checkpoint of every layout and, for a store of one
-    layout, their per-layer weight statistics (layouts differ in their layers)."""
-    embeddings, statistics, models = [], [], []
-    for store in stores:
-        rows = store.split_rows("train")
-        embeddings.append(sane_embeddings(model, store, rows=rows, progress=False,
-                                          permutations=PERMUTATIONS))
-        if len(stores) == 1:
-            statistics.append(sw_layer_rows(store, rows))
-        models += [store.rows[r][0] for r in rows.tolist()]
-    features = {"SANE": np.concatenate(embeddings)}
-    if statistics:
-        features["sW-layer"] = statistics[0]
-    return OODReference.fit(features, models, permutations=PERMUTATIONS)
 
 
 def _accumulate(sums: dict[str, float], losses: dict[str, torch.Tensor]) -> None:
