@@ -3,7 +3,7 @@
 The reference is the one ``sane probe RUN --out PROBES`` fits on its store's training split
 (``PROBES/ood.json``); every checkpoint of each ``--zoo`` (optionally one split of it:
 ``DIR:test``) is embedded with the run's SANE and flagged as ``sane embed`` flags it
-(:func:`sane.downstream.embedding.ood_flags`). Printed per zoo and epoch range: the share of
+(:func:`sane.stages.embed.ood_flags`). Printed per zoo and epoch range: the share of
 checkpoints flagged in any space, and in the SANE and sW-layer spaces alone.
 
 Measured for the README (after ``sane reproduce --scale fmnist-seed --out
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from sane import Pipeline
-from sane.downstream.embedding import ood_flags
 from sane.downstream.ood import OODReference
+from sane.stages.embed import ood_flags
 from sane.zoo import Zoo
 
 

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from sane.cli import main
-from sane.downstream.analysis import correlations, latent_spread
+from sane.downstream.analysis import correlations
 from sane.errors import FormatError
+from sane.pipeline import Pipeline
+from sane.stages.analyze import latent_spread
 from sane.weights.spectral import fit_power_law, layer_metrics, spectrum
 
 
@@ -62,7 +64,8 @@ def test_correlations_use_the_finite_rows_only():
 
 def test_latent_spread_is_the_std_over_a_layers_tokens(random_store, tiny_run):
     _, model = tiny_run
-    spread = latent_spread(model, random_store, batch_size=7, progress=False)
+    spread = latent_spread(Pipeline(model, random_store.tokenizer), random_store, batch_size=7,
+                           progress=False)
     assert spread.shape == (36, 5)
     with torch.no_grad():
         z = model.encode_sequence(torch.tensor(random_store.tokens[3:4]), random_store.positions)

@@ -16,7 +16,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert "204 checkpoints (every epoch) × 48 tokens × 201 values" in report
     assert "per split: train 138, val 30, test 36" in report
     assert (tmp_path / "zoo" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "15 epochs (" in report and "validation reconstruction loss" in report
+    assert "6 epochs (" in report and "validation reconstruction loss" in report
     assert "| split | models | whole-model R² | test accuracy: original | decoded |" in report
     assert "| property | W | sW-layer | SANE |" in report
     assert (tmp_path / "probes" / "embeddings.npy").is_file()

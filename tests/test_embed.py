@@ -14,11 +14,11 @@ from safetensors.torch import save_file
 import sane
 from sane.checkpoints import read_state_dict
 from sane.cli import main
-from sane.downstream import sane_embeddings
-from sane.downstream.embedding import embed_checkpoints
 from sane.errors import ConfigError, FormatError
 from sane.model import SANE
 from sane.pipeline import Pipeline
+from sane.stages.embed import embed_checkpoints
+from sane.stages.features import store_embeddings
 from sane.stages.reference import fit_reference
 from sane.train import PretrainConfig, pretrain
 from sane.train.config import model_config
@@ -79,7 +79,9 @@ def test_a_copied_run_without_store_or_zoo_embeds_reconstructs_and_samples_as_th
     shutil.rmtree(tmp_path / "run")
     moved = sane.Pipeline.from_pretrained(copy)
     # The original's embeddings are those of the store the SANE was trained on.
-    np.testing.assert_allclose(embedded, sane_embeddings(model, store)[rows], atol=1e-5)
+    np.testing.assert_allclose(embedded, store_embeddings(Pipeline(model, store.tokenizer),
+                                                          store, progress=False)[rows],
+                               atol=1e-5)
     np.testing.assert_array_equal(moved.embed(nets), embedded)
     np.testing.assert_array_equal(embed_checkpoints(copy, files), embedded)
     _assert_equal(moved.reconstruct(nets[0]).state_dict(), reconstructed.state_dict())
@@ -116,6 +118,18 @@ def test_pipeline_outputs_take_the_form_of_its_inputs(trained_store, tiny_digits
     tokens = pipe.model.decode_sequence(pipe.latents([dropout])[0][None], positions)[0]
     decoded = trained_store.tokenizer.decode(tokens)
     assert all(torch.equal(a, b) for a, b in zip(decoded.values(), state.values()))
+    # The latent line: its ends decode to the two reconstructions, its middle to the mean.
+    other = build_model(ArchConfig(**{**arch.to_dict(), "dropout": 0.5}), seed=4)
+    ends = pipe.interpolate(dropout, other, [0.0, 1.0, 0.5])
+    _assert_equal(ends[0].state_dict(), pipe.reconstruct(dropout).state_dict())
+    _assert_equal(ends[1].state_dict(), pipe.reconstruct(other).state_dict())
+    za, zb = pipe.latents([dropout, other])
+    _assert_equal(ends[2].state_dict(),
+                  pipe.decode(((za + zb) / 2)[None], like=dropout)[0].state_dict())
+    with pytest.raises(FormatError, match=r"latents must be \[B, N, d_z\]"):
+        pipe.decode(za, like=dropout)
+    with pytest.raises(FormatError, match=r"latents of this architecture are \[B, "):
+        pipe.decode(za[None, :-1], like=dropout)
     with pytest.raises(ConfigError, match="non-empty list of models"):
         pipe.embed(dropout)
     with pytest.raises(FormatError, match=r"model 1: the state dict does not fit"):
@@ -149,13 +163,10 @@ def test_an_embedding_averages_the_aligned_model_and_fixed_random_permutations(
     np.testing.assert_allclose(pipe.embed(nets, permutations=0),
                                torch.stack([z.mean(0) for z in pipe.latents(nets)]).numpy(),
                                atol=1e-6)
-    # a store's rows are embedded through the same views (permuted token by token)
-    rows = np.arange(3)
-    store_embedded = sane_embeddings(tiny_digits_run, trained_store, rows=rows,
-                                     permutations=3, seed=7, progress=False, spread=True)
-    states = [trained_store.state_dict(int(r)) for r in rows]
-    np.testing.assert_allclose(store_embedded, pipe.embed(states, permutations=3, seed=7,
-                                                          spread=True), atol=1e-5)
+    # already aligned checkpoints (a store's) skip weight matching, to the same embeddings
+    states = [trained_store.state_dict(r) for r in range(3)]
+    np.testing.assert_allclose(pipe.embed(states, permutations=3, seed=7, aligned=True),
+                               pipe.embed(states, permutations=3, seed=7), atol=1e-5)
     assert embedding_views(None, 5) == [None]
     with pytest.raises(ConfigError, match="permutations must be >= 0"):
         embedding_views(spec, -1)

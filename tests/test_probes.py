@@ -15,12 +15,11 @@ from sane.downstream import (
     baseline_features,
     markdown_table,
     probe_table,
-    sane_embeddings,
 )
-from sane.downstream.features import store_features
 from sane.downstream.probes import class_markdown_table, class_probe_table
 from sane.errors import ConfigError, FormatError
 from sane.pipeline import Pipeline
+from sane.stages.features import store_embeddings, store_features
 from sane.stages.probe import predict_properties
 from sane.weights import BASELINES
 from sane.zoo import Zoo
@@ -124,7 +123,8 @@ def test_classification_probes_beat_the_majority_class_when_features_know():
 
 def test_embeddings_are_the_haloed_mean_latents_in_store_order(random_store, tiny_run):
     _, model = tiny_run
-    z = sane_embeddings(model, random_store, batch_size=5, progress=False, permutations=0)
+    z = store_embeddings(Pipeline(model, random_store.tokenizer), random_store, batch_size=5,
+                         progress=False, permutations=0)
     assert z.shape == (36, model.config.d_latent) and z.dtype == np.float64
     with torch.no_grad():
         expected = model.embed(torch.tensor(random_store.tokens[7:9]), random_store.positions)
@@ -173,7 +173,8 @@ def test_predict_properties_writes_results_and_embeddings(random_store, tiny_run
 def test_sane_std_features_are_the_mean_and_spread_of_the_token_latents(random_store,
                                                                          tiny_run):
     _, model = tiny_run
-    features = store_features(random_store, ["SANE+std", "SANE"], model, progress=False,
+    features = store_features(random_store, ["SANE+std", "SANE"],
+                              Pipeline(model, random_store.tokenizer), progress=False,
                               permutations=0)  # the average over views: tests/test_embed.py
     assert list(features) == ["SANE+std", "SANE"]
     with torch.no_grad():

@@ -5,8 +5,13 @@ or sample models of its architecture, with no zoo or token store present.
 
     pipe = sane.Pipeline.from_pretrained("runs/demo/sane")
     vectors = pipe.embed([net_a, net_b])         # [2, d_z] float64, one row per model
-    copy = pipe.reconstruct(net_a)               # a new module holding the decoded weights
+    z = pipe.latents([net_a])[0]                 # [N, d_z] per-token latents
+    copy = pipe.decode(z[None], like=net_a)[0]   # = pipe.reconstruct(net_a)
+    path = pipe.interpolate(net_a, net_b, [0.25, 0.5])  # models along the latent line
     new = pipe.sample([net_a, net_b], count=5)   # 5 new modules around the two prompts
+
+It is the one path that encodes, embeds, decodes and samples: the stages (probes, sampling,
+the OOD reference, the layer analysis) and the commands all go through it.
 
 Models are ``nn.Module`` s or state dicts (under their own key names: a model whose dropout
 modules shift its keys is renamed position by position) of an architecture whose parameters
@@ -113,41 +118,63 @@ class Pipeline:
         raise errors[0]
 
     @torch.no_grad()
-    def latents(self, models: Sequence[Model]) -> list[torch.Tensor]:
+    def latents(self, models: Sequence[Model], *, aligned: bool = False
+                ) -> list[torch.Tensor]:
         """Per-token latents ``[N_i, d_z]`` of each of ``models``, encoded whole (haloed);
-        errors name the model by its index."""
+        ``aligned``: the models are already in the zoo's aligned frame (checkpoints of a
+        token store), so no weight matching again. Errors name the model by its index."""
         out: list[torch.Tensor] = [torch.empty(0)] * len(models)
         for k, group in self._layouts(models).items():  # one haloed pass per layout
-            states = [self.tokenizers[k].aligned(_state(models[i])) for i in group]
+            states = self._aligned(k, [models[i] for i in group], aligned)
             for i, z in zip(group, self._encode(k, states, None)):
                 out[i] = z
         return out
 
+    def _aligned(self, k: int, models: Sequence[Model], aligned: bool
+                 ) -> list[dict[str, torch.Tensor]]:
+        """``models`` as canonical state dicts of layout ``k`` in the aligned frame."""
+        tokenizer = self.tokenizers[k]
+        align = tokenizer.canonical if aligned else tokenizer.aligned
+        return [align(_state(m)) for m in models]
+
     def embed(self, models: Sequence[Model], *, spread: bool = False,
-              permutations: int = PERMUTATIONS, seed: int = 0) -> np.ndarray:
+              permutations: int = PERMUTATIONS, seed: int = 0, aligned: bool = False,
+              batch_size: int = 64) -> np.ndarray:
         """One vector per model, ``[B, d_z]`` float64: the mean of its token latents, averaged
         over the model as aligned and ``permutations`` random permutations of it (drawn from
         ``seed``, the same for every model: :func:`embedding_views`; none for an architecture
-        without a permutation spec), as :func:`sane.downstream.sane_embeddings` does for a
-        store; with ``spread``, ``[B, 2·d_z]``: the mean, then the standard deviation of the
-        token latents (:func:`sane.downstream.features.spread_features`), each averaged."""
+        without a permutation spec); with ``spread``, ``[B, 2·d_z]``: the mean, then the
+        standard deviation of the token latents (:func:`spread_features`), each averaged.
+        ``aligned`` as for :meth:`latents`; models are encoded ``batch_size`` at a time."""
         layouts = self._layouts(models)
         out = np.empty((len(models), self.model.config.d_latent * (2 if spread else 1)))
         for k, group in layouts.items():
-            states = [self.tokenizers[k].aligned(_state(models[i])) for i in group]
             views = embedding_views(self.tokenizers[k].spec, permutations, seed)
-            total = torch.zeros(len(group), out.shape[1], dtype=torch.float64)
-            with torch.no_grad():
-                for perm in views:
-                    for j, z in enumerate(self._encode(k, states, perm)):
-                        total[j] += (spread_features(z[None])[0] if spread
-                                     else z.mean(dim=0)).double()
-            out[group] = (total / len(views)).numpy()
+            for start in range(0, len(group), batch_size):
+                part = group[start : start + batch_size]
+                states = self._aligned(k, [models[i] for i in part], aligned)
+                total = torch.zeros(len(part), out.shape[1], dtype=torch.float64)
+                with torch.no_grad():
+                    for perm in views:
+                        z = torch.stack(self._encode(k, states, perm))
+                        total += (spread_features(z) if spread else z.mean(dim=1)).double()
+                out[part] = (total / len(views)).numpy()
         return out
 
     def reconstruct(self, model: Model) -> Model:
         """``model`` encoded and decoded whole: a new model of the same form."""
-        return self._decoded(self.latents([model])[0][None], model)[0]
+        return self.decode(self.latents([model])[0][None], like=model)[0]
+
+    def interpolate(self, a: Model, b: Model, ts: Sequence[float]) -> list[Model]:
+        """Models decoded from ``(1 - t) · z_a + t · z_b`` for each ``t`` of ``ts``: the
+        straight line between the latent sequences of ``a`` and ``b`` (two models of one
+        architecture, each aligned to the zoo's reference first, so the line runs between
+        aligned models); in the form of ``a``."""
+        za, zb = self.latents([a, b])
+        if za.shape != zb.shape:
+            raise ConfigError("interpolate between two models of one architecture")
+        t = torch.tensor([float(v) for v in ts]).view(-1, 1, 1)
+        return self.decode((1 - t) * za + t * zb, like=a)
 
     def sample(self, prompts: Sequence[Model], count: int, *, bandwidth: float = 0.1,
                relative: bool = True, seed: int = 0) -> list[Model]:
@@ -168,12 +195,20 @@ class Pipeline:
         noise_std = bandwidth * (latent_spread(bank) if relative else 1.0)
         drawn, _ = kde_sample(bank, count, noise_std, torch.Generator().manual_seed(seed))
         del bank
-        return self._decoded(drawn, prompts[0])
+        return self.decode(drawn, like=prompts[0])
 
     @torch.no_grad()
-    def _decoded(self, latents: torch.Tensor, like: Model) -> list[Model]:
-        """Models decoded from ``latents [B, N, d_z]``, in the form of ``like``."""
+    def decode(self, latents: torch.Tensor, *, like: Model) -> list[Model]:
+        """Models decoded from latent sequences ``latents [B, N, d_z]`` of ``like``'s
+        architecture, in the form of ``like`` (modules: copies of it holding the decoded
+        weights; state dicts: under its keys), in the aligned frame."""
+        if latents.ndim != 3:
+            raise FormatError(f"latents must be [B, N, d_z], got {list(latents.shape)}")
         tokenizer = self.tokenizer(like)
+        expected = (tokenizer.manifest.num_tokens, self.model.config.d_latent)
+        if tuple(latents.shape[1:]) != expected:
+            raise FormatError(f"latents of this architecture are [B, {expected[0]}, "
+                              f"{expected[1]}], got {list(latents.shape)}")
         positions = tokenizer.manifest.positions()
         layout = [(k, tuple(t.shape)) for k, t in _state(like).items()]
         out: list[Model] = []

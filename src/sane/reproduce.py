@@ -123,7 +123,7 @@ SCALES = {
 def run_reproduction(out: str | Path, scale: Scale, *, progress: bool = True) -> Path:
     """Run every stage at ``scale`` into ``out``; returns the path of the report."""
     from sane import atomic
-    from sane.downstream.analysis import analyze
+    from sane.stages.analyze import analyze
     from sane.stages.probe import predict_properties
     from sane.stages.reference import fit_reference
     from sane.train import PretrainConfig, pretrain
@@ -185,7 +185,7 @@ def write_report(out: Path, scale: Scale, zoo: Any, store: Any, pretrained: Any,
                  generation: str, analysis: Any) -> Path:
     """``OUT/report.md`` from the stages' results."""
     from sane import atomic
-    from sane.downstream.analysis import analysis_table
+    from sane.stages.analyze import analysis_table
     from sane.train.fidelity import fidelity_markdown
     from sane.zoo.summary import summary_table
 

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _analyze(args: argparse.Namespace) -> None:
-    from sane.downstream.analysis import analyze
+    from sane.stages.analyze import analyze
 
     analyze(args.run, args.out, store=args.store)
     print((args.out / "analysis.md").read_text().rstrip())

@@ -30,10 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _embed(args: argparse.Namespace) -> None:
     from sane import atomic
-    from sane.downstream.embedding import ood_flags, read_fitting
     from sane.downstream.features import PERMUTATIONS
     from sane.downstream.ood import OODReference
     from sane.pipeline import Pipeline
+    from sane.stages.embed import ood_flags, read_fitting
 
     pipe = Pipeline.from_pretrained(args.run, **given(device=args.device,
                                                       precision=args.precision))

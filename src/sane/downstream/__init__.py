@@ -2,7 +2,7 @@
 models with batch-norm conditioning, and the copy baselines they are judged against."""
 
 from sane.downstream.copies import COPIES, copy_baselines
-from sane.downstream.features import baseline_features, sane_embeddings, store_features
+from sane.downstream.features import baseline_features
 from sane.downstream.probes import ALPHAS, LinearProbe, markdown_table, probe_table
 from sane.downstream.sampling import (
     Samples,
@@ -16,5 +16,4 @@ from sane.zoo.batchnorm import condition_batchnorm
 
 __all__ = ["ALPHAS", "COPIES", "LinearProbe", "Samples", "SamplingConfig", "Scores", "Target",
            "baseline_features", "condition_batchnorm", "copy_baselines", "kde_sample",
-           "markdown_table", "probe_table", "sample_models", "sane_embeddings",
-           "store_features"]
+           "markdown_table", "probe_table", "sample_models"]

@@ -1,81 +1,27 @@
-"""Layer-wise analysis (SANE §4): the spread of each layer's token latents against the
-WeightWatcher-style spectral metrics of the same layer, and how the model-level averages of
-each relate to test accuracy.
+"""Layer-wise analysis (SANE §4) on arrays: the spread of each layer's token latents, and how
+a model-level metric relates to test accuracy.
 
 The SANE metric of layer ``l`` of a model is ``ẑ_l``: the standard deviation of that layer's
-token latents over its tokens, averaged over the latent dimensions (SANE Eq. 8). The spectral
-metrics are those of :mod:`sane.weights.spectral` (NaN for layers that are not matrices or
-convolutions, and alpha for spectra too small to fit).
-
-::
-
-    OUT/
-      analysis.json   per store row and layer: z_spread, log_spectral_norm, alpha,
-                      alpha_weighted; per metric: the mean over models per layer and the
-                      Pearson and Spearman correlation of its layer average with test accuracy
-      analysis.md     the correlations as a table
-      analysis.png    metrics over layer index (mean ± std over models); layer averages
-                      against test accuracy
+token latents over its tokens, averaged over the latent dimensions (SANE Eq. 8). The stage
+that computes it for a store beside the spectral metrics is :mod:`sane.stages.analyze`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 import torch
 from scipy import stats
-from tqdm.auto import tqdm
-
-from sane import atomic, markdown
-from sane.model import SANE
-from sane.run import Run
-from sane.weights.spectral import MIN_EVALS, layer_metrics
-from sane.weights.store import TokenStore
-
-METRICS = ("z_spread", "log_spectral_norm", "alpha", "alpha_weighted")
 
 
-def latent_spread(model: SANE, store: TokenStore, *, batch_size: int = 16,
-                  progress: bool = True) -> np.ndarray:
-    """``[M, L]``: ``ẑ_l`` of every store row and token layer."""
-    layer = store.positions[:, 1]
-    layers = len(store.manifest.layers)
-    device = next(model.parameters()).device
-    out = np.empty((len(store.rows), layers))
-    model.eval()
-    with torch.no_grad():
-        for start in tqdm(range(0, len(store.rows), batch_size), desc="latents", unit="batch",
-                          disable=not progress):
-            tokens = torch.tensor(store.tokens[start : start + batch_size], device=device)
-            z = model.encode_sequence(tokens, store.positions.to(device)).cpu().double()
-            for index in range(layers):
-                mine = z[:, layer == index]  # [B, tokens of the layer, d_z]
-                spread = mine.std(dim=1) if mine.shape[1] > 1 else torch.zeros_like(mine[:, 0])
-                out[start : start + len(tokens), index] = spread.mean(dim=1).numpy()
-    return out
-
-
-def spectral_metrics(store: TokenStore, *, min_evals: int = MIN_EVALS,
-                     progress: bool = True) -> dict[str, np.ndarray]:
-    """``{metric: [M, L]}`` spectral metrics of every store row and token layer (NaN where
-    undefined)."""
-    names = ("log_spectral_norm", "alpha", "alpha_weighted")
-    layers = store.manifest.layers
-    out = {n: np.full((len(store.rows), len(layers)), np.nan) for n in names}
-    for row in tqdm(range(len(store.rows)), desc="spectra", unit="ckpt", disable=not progress):
-        state = store.state_dict(row)
-        for index, ly in enumerate(layers):
-            weight = state[ly.weight_key]
-            if weight.ndim < 2:
-                continue  # batch-norm and other vectors have no spectrum
-            metrics = layer_metrics(weight, min_evals)
-            for n in names:
-                out[n][row, index] = metrics[n]
+def layer_spread(latents: torch.Tensor, layer: torch.Tensor, layers: int) -> np.ndarray:
+    """``ẑ_l`` of models with token ``latents [B, N, d_z]`` whose tokens belong to layers
+    ``layer [N]`` (of ``layers``): ``[B, layers]`` float64 (0 for a layer of one token)."""
+    z = latents.double()
+    out = np.empty((len(z), layers))
+    for index in range(layers):
+        mine = z[:, layer == index]  # [B, tokens of the layer, d_z]
+        spread = mine.std(dim=1) if mine.shape[1] > 1 else torch.zeros_like(mine[:, 0])
+        out[:, index] = spread.mean(dim=1).numpy()
     return out
 
 
@@ -89,76 +35,3 @@ def correlations(values: np.ndarray, accuracy: np.ndarray) -> dict[str, float | 
     return {"pearson": float(stats.pearsonr(values[keep], accuracy[keep])[0]),
             "spearman": float(stats.spearmanr(values[keep], accuracy[keep])[0]),
             "checkpoints": int(keep.sum())}
-
-
-def analyze(run: str | Path, out: str | Path, *, store: str | Path | None = None,
-            progress: bool = True) -> dict[str, Any]:
-    """Run the layer analysis of the store of ``run`` (or ``store``) into ``out``."""
-    model = SANE.from_pretrained(run)
-    tokens = Run(run).store(store)
-    per_layer = {"z_spread": latent_spread(model, tokens, progress=progress),
-                 **spectral_metrics(tokens, progress=progress)}
-    accuracy = tokens.property("test_acc")
-    with _all_nan_is_nan():
-        summary = {
-            name: {"layer_mean": _nan_list(np.nanmean(values, axis=0)),
-                   "accuracy": correlations(np.nanmean(values, axis=1), accuracy)}
-            for name, values in per_layer.items()
-        }
-    report = {
-        "run": str(Path(run).resolve()), "store": str(tokens.path.resolve()),
-        "layers": [ly.weight_key for ly in tokens.manifest.layers],
-        "rows": [{"model": m, "epoch": e, "split": s} for m, e, s in tokens.rows],
-        "per_layer": {name: [_nan_list(r) for r in values] for name, values in per_layer.items()},
-        "summary": summary,
-    }
-    out = Path(out)
-    atomic.write_json(out / "analysis.json", report)
-    atomic.write_text(out / "analysis.md", "# Layer analysis: layer averages against test "
-                      "accuracy\n\n" + analysis_table(summary) + "\n")
-    _plot(out / "analysis.png", per_layer, accuracy)
-    return report
-
-
-@contextlib.contextmanager
-def _all_nan_is_nan() -> Iterator[None]:
-    """nanmean and nanstd of an all-NaN slice are NaN, as wanted: silence their warnings."""
-    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
-        warnings.filterwarnings("ignore", "Mean of empty slice")
-        warnings.filterwarnings("ignore", "Degrees of freedom <= 0")
-        yield
-
-
-def _nan_list(values: np.ndarray) -> list[float | None]:
-    return [None if not np.isfinite(v) else float(v) for v in values]
-
-
-def analysis_table(summary: dict[str, Any]) -> str:
-    """Each metric's layer average against test accuracy (``report["summary"]`` of
-    :func:`analyze`) as a Markdown table."""
-    rows = [[name, *("n/a" if s["accuracy"][k] is None else s["accuracy"][k]
-                     for k in ("pearson", "spearman")), s["accuracy"]["checkpoints"]]
-            for name, s in summary.items()]
-    return markdown.table(["metric", "Pearson", "Spearman", "checkpoints"], rows, digits=3)
-
-
-def _plot(path: Path, per_layer: dict[str, np.ndarray], accuracy: np.ndarray) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, len(per_layer), figsize=(3.2 * len(per_layer), 6))
-    for column, (name, values) in enumerate(per_layer.items()):
-        with _all_nan_is_nan():
-            mean, std = np.nanmean(values, axis=0), np.nanstd(values, axis=0)
-            average = np.nanmean(values, axis=1)
-        layers = np.arange(values.shape[1])
-        top, bottom = axes[0, column], axes[1, column]
-        top.errorbar(layers, mean, yerr=std, marker="o", capsize=3)
-        top.set(title=name, xlabel="layer", xticks=layers)
-        bottom.scatter(average, accuracy, s=6, alpha=0.5)
-        bottom.set(xlabel=f"mean {name}", ylabel="test accuracy")
-    fig.tight_layout()
-    atomic.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)

@@ -1,5 +1,7 @@
-"""Features of every checkpoint of a token store: SANE embeddings and the ``W`` / ``s(W)``
-baselines.
+"""Feature sets of model checkpoints: the names, the weight baselines ``W`` / ``s(W)`` of a
+token store's checkpoints, and the ``SANE+std`` statistics of token latents. SANE
+embeddings themselves come from the one engine (:meth:`sane.pipeline.Pipeline.embed`; a
+store's checkpoints: :func:`sane.stages.features.store_features`).
 
 The baselines read the store's checkpoints rebuilt from their tokens (de-standardized, in the
 aligned frame when the store is aligned), so all feature sets see the same models.
@@ -11,13 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from sane.errors import ConfigError
-from sane.model import SANE
-from sane.weights.augment import WindowPermuter, gather_window
 from sane.weights.baselines import BASELINES, sw_layer
-from sane.weights.permutations import embedding_views
 from sane.weights.store import TokenStore
 
 # The feature sets a pretrained SANE computes (the others are weight baselines).
@@ -28,43 +26,6 @@ SANE_FEATURES = ("SANE", "SANE+std")
 PERMUTATIONS = 16
 # W holds every weight of every checkpoint in float64: refuse what would not fit comfortably.
 MAX_BASELINE_BYTES = 4 * 2**30
-
-
-def sane_embeddings(
-    model: SANE, store: TokenStore, *, rows: np.ndarray | None = None, batch_size: int = 32,
-    progress: bool = True, window: int | None = None, halo: int | None = None,
-    spread: bool = False, permutations: int = PERMUTATIONS, seed: int = 0,
-) -> np.ndarray:
-    """``[R, d_z]`` float64: the haloed mean latent of the checkpoints ``rows`` of
-    ``store`` (default: every checkpoint), averaged over the checkpoint as stored (aligned)
-    and ``permutations`` random permutations of it (:func:`embedding_views` of ``seed``: the
-    same for every checkpoint; none when the store's architecture has no permutation spec);
-    with ``spread``, ``[R, 2·d_z]``: the mean and then the standard deviation of the token
-    latents (:func:`spread_features`), each averaged over the views."""
-    rows = np.arange(len(store.rows)) if rows is None else np.asarray(rows)
-    device = next(model.parameters()).device
-    positions = store.positions.to(device)
-    views = embedding_views(store.spec, permutations, seed)
-    permuter = None if len(views) == 1 else WindowPermuter(store.manifest, store.spec)
-    n = store.manifest.num_tokens
-    out = np.zeros((len(rows), model.config.d_latent * (2 if spread else 1)))
-    model.eval()
-    with torch.no_grad():
-        for start in tqdm(range(0, len(rows), batch_size), desc="embedding",
-                          unit="batch", disable=not progress):
-            part = rows[start : start + batch_size]
-            stored = torch.tensor(store.tokens[part])
-            for perm in views:
-                tokens = stored
-                if perm is not None:
-                    source = permuter.source(perm, 0, n)  # [N, d_t] indices into flat tokens
-                    tokens = torch.stack([gather_window(flat, source)
-                                          for flat in stored.reshape(len(part), -1).numpy()])
-                z = model.encode_sequence(tokens.to(device), positions, window=window,
-                                          halo=halo)
-                z = spread_features(z) if spread else z.mean(dim=1)
-                out[start : start + len(part)] += z.double().cpu().numpy()
-    return out / len(views)
 
 
 def spread_features(latents: torch.Tensor) -> torch.Tensor:
@@ -78,7 +39,7 @@ def baseline_features(store: TokenStore, name: str,
                       states: Sequence[dict[str, torch.Tensor]] | None = None) -> np.ndarray:
     """``[M, F]``: the baseline ``name`` (a key of :data:`sane.weights.BASELINES`) of every
     checkpoint of ``store``; ``states`` are those checkpoints when already rebuilt."""
-    _check_baseline(store, name)
+    check_baseline(store, name)
     if states is None:
         states = _checkpoints(store)
     return BASELINES[name](states, include_batchnorm=store.settings.include_batchnorm)
@@ -94,34 +55,7 @@ def sw_layer_rows(store: TokenStore, rows: np.ndarray, chunk: int = 64) -> np.nd
         for start in range(0, len(rows), chunk)])
 
 
-def store_features(
-    store: TokenStore, names: Sequence[str], model: SANE | None = None, *,
-    progress: bool = True, permutations: int = PERMUTATIONS,
-) -> dict[str, np.ndarray]:
-    """``{name: [M, F]}`` for each name: ``"SANE"`` (the embedding; needs ``model``),
-    ``"SANE+std"`` (the embedding and the spread of the token latents), each averaged over
-    ``permutations`` random permutations (:func:`sane_embeddings`), or a baseline."""
-    for name in names:  # refuse what cannot be computed before any work
-        if name in SANE_FEATURES and model is None:
-            raise ConfigError(f"the {name} features need a pretrained model")
-        if name not in SANE_FEATURES:
-            _check_baseline(store, name)
-    features = {}
-    if any(name in SANE_FEATURES for name in names):  # one pass for both
-        both = sane_embeddings(model, store, progress=progress, spread=True,
-                               permutations=permutations)
-        d = model.config.d_latent
-        features = {"SANE": both[:, :d], "SANE+std": both}
-        features = {name: features[name] for name in names if name in SANE_FEATURES}
-    states = None  # rebuilt once, for all the baselines
-    for name in names:
-        if name not in SANE_FEATURES:
-            states = states or _checkpoints(store)
-            features[name] = baseline_features(store, name, states)
-    return {name: features[name] for name in names}
-
-
-def _check_baseline(store: TokenStore, name: str) -> None:
+def check_baseline(store: TokenStore, name: str) -> None:
     if name not in BASELINES:
         raise ConfigError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
     size = len(store.rows) * int(store.mask.sum()) * 8

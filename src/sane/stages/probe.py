@@ -33,12 +33,7 @@ import torch
 
 from sane import atomic, markdown
 from sane.checkpoints import check_weights
-from sane.downstream.features import (
-    PERMUTATIONS,
-    SANE_FEATURES,
-    baseline_features,
-    store_features,
-)
+from sane.downstream.features import PERMUTATIONS, SANE_FEATURES, baseline_features
 from sane.downstream.ood import OODReference
 from sane.downstream.probes import (
     PROPERTY_LABELS,
@@ -49,7 +44,9 @@ from sane.downstream.probes import (
 )
 from sane.errors import FormatError
 from sane.model import SANE
+from sane.pipeline import Pipeline
 from sane.run import Run
+from sane.stages.features import store_features
 from sane.train.fidelity import fidelity_markdown, reconstruction_report
 from sane.weights.baselines import BASELINES
 from sane.weights.store import TokenStore
@@ -117,7 +114,7 @@ def predict_properties(
     checkpoint is predicted by every probe and, with SANE features, flagged when it lies
     outside the training zoo. The SANE computes on ``device`` in ``precision``
     (:meth:`sane.model.SANE.from_pretrained`); its embeddings average ``permutations``
-    random permutations of each model (:func:`sane.downstream.sane_embeddings`).
+    random permutations of each model (:meth:`sane.pipeline.Pipeline.embed`).
     """
     if run is None and store is None:
         raise FormatError("give a pretraining run or a token store")
@@ -128,7 +125,8 @@ def predict_properties(
         tokens.property(name)  # unknown names fail before any work,
     # and so does a bad checkpoint of the zoo to predict
     ids, other_states = ([], []) if predict is None else _other_zoo(predict, tokens)
-    values = store_features(tokens, features, model, progress=progress,
+    pipe = None if model is None else Pipeline(model, tokens.tokenizer)
+    values = store_features(tokens, features, pipe, progress=progress,
                             permutations=permutations)
     splits = {s: tokens.split_rows(s) for s in ("train", "val", "test")}
     groups = [m for m, _, _ in tokens.rows]

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sane.downstream.features import PERMUTATIONS, sane_embeddings, sw_layer_rows
+from sane.downstream.features import PERMUTATIONS, sw_layer_rows
 from sane.downstream.ood import OODReference
+from sane.pipeline import Pipeline
 from sane.run import Run
+from sane.stages.features import store_embeddings
 
 
 def fit_reference(run: str | Path, *, store: str | Path | None = None,
@@ -28,8 +30,8 @@ def fit_reference(run: str | Path, *, store: str | Path | None = None,
     embeddings, statistics, models = [], [], []
     for store in stores:
         rows = store.split_rows("train")
-        embeddings.append(sane_embeddings(model, store, rows=rows, progress=False,
-                                          permutations=permutations))
+        embeddings.append(store_embeddings(Pipeline(model, store.tokenizer), store, rows=rows,
+                                           permutations=permutations, progress=False))
         if len(stores) == 1:
             statistics.append(sw_layer_rows(store, rows))
         models += [store.rows[r][0] for r in rows.tolist()]
