@@ -3,6 +3,7 @@ checkpoints, and its row in `sane probe`."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -10,9 +11,12 @@ import pytest
 import torch
 from torch import nn
 
+from sane.cli import main
+from sane.downstream.features import nfn_predictions
 from sane.downstream.nfn_probe import NFNConfig, NFNProbe, layer_chain, require_nfn
 from sane.downstream.probes import Predicted, markdown_table, probe_table
 from sane.errors import ConfigError
+from sane.stages.probe import predict_properties
 from sane.weights.permutations import apply_permutation, permutation_spec, random_permutation
 from sane.zoo import ArchConfig, build_model
 
@@ -121,7 +125,8 @@ def test_the_chain_refuses_what_is_not_a_feed_forward_net():
         NFNConfig(channels=((4, 0),))
 
 
-def test_without_the_nfn_package_the_error_names_the_extra(random_store, monkeypatch):
+def test_without_the_nfn_package_the_error_names_the_extra(random_store, tmp_path,
+                                                           monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "nfn", None)  # import nfn raises ImportError
     with pytest.raises(ConfigError, match=r"pip install 'sane\[nfn\]'"):
         require_nfn()
@@ -129,6 +134,10 @@ def test_without_the_nfn_package_the_error_names_the_extra(random_store, monkeyp
         NFNProbe(random_store.spec).fit([random_store.state_dict(0)] * 2, np.ones((2, 1)),
                                         validation=([random_store.state_dict(1)] * 2,
                                                     np.ones((2, 1))))
+    assert main(["probe", "--store", str(random_store.path), "--out", str(tmp_path / "p"),
+                 "--features", "sW-layer,NFN"]) == 2
+    assert "pip install 'sane[nfn]'" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()  # refused before any work
 
 
 def test_probe_table_scores_given_predictions_as_it_scores_probes():
@@ -148,3 +157,44 @@ def test_probe_table_scores_given_predictions_as_it_scores_probes():
     for key in ("r2_test", "tau_test", "r2_test_ci", "tau_test_ci", "test_predicted"):
         assert rows[0][key] == ridge[key]
     assert markdown_table([ridge, *rows]).splitlines()[0] == "| property | sW-layer | NFN |"
+
+
+def test_sane_probe_reports_the_nfn_row_beside_the_baselines(random_store, tmp_path):
+    needs_nfn()
+    result = predict_properties(None, tmp_path / "p", store=random_store.path,
+                                features=["sW-layer", "NFN"], nfn=TINY, progress=False)
+    nfn_rows = [r for r in result.rows if r["features"] == "NFN"]
+    assert [r["property"] for r in nfn_rows] == ["test_acc", "epoch", "ggap"]
+    assert all(r["selected"]["channels"] == [4] and r["n_test"] == 9 for r in nfn_rows)
+    saved = json.loads((tmp_path / "p" / "probes.json").read_text())
+    assert saved["nfn"]["config"] == TINY.to_dict() and saved["nfn"]["seconds"] > 0
+    assert saved["nfn"]["train_checkpoints"] == 24 and saved["pretraining_seconds"] is None
+    assert len(saved["nfn"]["history"]) == 3 and result.nfn == saved["nfn"]
+    text = (tmp_path / "p" / "probes.md").read_text()
+    assert "| property | sW-layer | NFN |" in text and "## NFN probe" in text
+    # the predictions come from a probe fitted on the training split's store checkpoints
+    targets = {p: random_store.property(p) for p in ("test_acc", "epoch", "ggap")}
+    predicted, _ = nfn_predictions(random_store, targets, TINY, progress=False)
+    test = random_store.split_rows("test")
+    for row in nfn_rows:
+        np.testing.assert_array_equal(row["test_predicted"],
+                                      predicted[row["property"]].values[test])
+
+
+def test_cli_probe_with_nfn_reports_its_time_beside_pretraining_and_predicts_another_zoo(
+        random_store, tiny_run, tmp_path, capsys):
+    needs_nfn()
+    from sane.zoo import Zoo
+
+    zoo = Zoo.open(random_store.zoo_path)
+    out, _ = tiny_run
+    assert main(["probe", str(out), "--out", str(tmp_path / "p"), "--features",
+                 "SANE,NFN", "--properties", "test_acc", "--predict", str(zoo.path)]) == 0
+    printed = capsys.readouterr().out
+    assert "NFN training" in printed and "SANE pretraining" in printed
+    saved = json.loads((tmp_path / "p" / "probes.json").read_text())
+    history = json.loads((out / "history.json").read_text())
+    assert saved["pretraining_seconds"] == pytest.approx(sum(h["seconds"] for h in history))
+    assert all(set(p["predicted"]) == {"test_acc/SANE", "test_acc/NFN"}
+               for p in saved["predictions"])
+    assert len(saved["predictions"]) == 12
