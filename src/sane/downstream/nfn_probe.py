@@ -175,8 +175,8 @@ class NFNProbe:
     ``fit(states, y [M, P], validation=(states_val, y_val [V, P]))`` (NaN where a property
     is unknown); ``predict(states) -> [M, P]``; ``score(states, y) -> [P]`` R² per property.
     After fitting: ``selected_`` per property ``{"channels", "epoch", "validation_r2"}``,
-    ``history_`` one record per (size, epoch) with the training loss and the validation R²
-    per property, ``seconds_`` the training time.
+    ``history_`` one record per (size, epoch) with the training loss, the validation R² per
+    property and its seconds, ``seconds_`` the training time.
     """
 
     def __init__(self, spec: PermutationSpec, config: NFNConfig | None = None) -> None:
@@ -246,7 +246,7 @@ def _train_size(x: WeightSpaceFeatures, target: torch.Tensor, x_val: WeightSpace
     standardized targets ``target`` ``[M, P]`` (``target_val`` ``[V, P]`` alike),
     replacing ``best[p]`` whenever it beats it on property ``p``'s validation R²; stop
     ``config.patience`` epochs after this network's last improvement on any property.
-    Returns one record per epoch."""
+    Returns one record per epoch (its training loss, validation R² and seconds)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = _network(x, channels, config.head, target.shape[1])
@@ -255,11 +255,12 @@ def _train_size(x: WeightSpaceFeatures, target: torch.Tensor, x_val: WeightSpace
     own, since, history = np.full(target.shape[1], -np.inf), 0, []
     for epoch in tqdm(range(1, config.epochs + 1), desc=f"NFN {list(channels)}", unit="epoch",
                       disable=not progress):
+        start = time.perf_counter()
         loss = _train_epoch(net, optimizer, x, target, config.batch_size, order)
         scores = [_known_r2(target_val[:, p], column)
                   for p, column in enumerate(_forward(net, x_val).T)]
         history.append({"channels": list(channels), "epoch": epoch, "train_loss": loss,
-                        "validation_r2": scores})
+                        "validation_r2": scores, "seconds": time.perf_counter() - start})
         improved = [p for p, score in enumerate(scores)
                     if np.isfinite(score) and score > best[p][0]]
         snapshot = copy.deepcopy(net) if improved else None

@@ -306,10 +306,13 @@ def _nfn_markdown(record: dict[str, Any], pretraining: float | None) -> str:
     """How the NFN probe was trained, what validation chose, and its time beside SANE's."""
     config = record["config"]
     sizes = ", ".join(str(c) for c in config["channels"])
-    epochs = {str(h["channels"]): h["epoch"] for h in record["history"]}  # the last of each
+    epochs: dict[str, list[float]] = {}  # per size, the seconds of each epoch
+    for h in record["history"]:
+        epochs.setdefault(str(h["channels"]), []).append(h["seconds"])
+    ran = ", ".join(f"{c}: {len(e)} in {sum(e):.0f} s" for c, e in epochs.items())
     text = (f"HNP layers (the `nfn` package) of channels {sizes}, each trained for up to "
             f"{config['epochs']} epochs (stopped {config['patience']} epochs after its last "
-            f"validation improvement; here {', '.join(f'{c}: {e}' for c, e in epochs.items())}"
+            f"validation improvement; here {ran}"
             f") on {record['train_checkpoints']} training checkpoints, batches of "
             f"{config['batch_size']}, Adam {config['lr']:g}, seed {config['seed']}: "
             f"{record['seconds']:.0f} s of training")
