@@ -16,7 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "mean over tokens, averaged over random permutations of the model), compute the W "
         "and s(W) baselines, and fit one ridge probe per "
         "feature set and property on the training split, its strength chosen on the "
-        "validation split. Prints and writes R² and Kendall τ with bootstrap intervals over "
+        "validation split. With NFN among the feature sets, also trains a "
+        "permutation-invariant neural functional on the training split's checkpoints (needs "
+        "`pip install 'sane[nfn]'`), its size and epochs chosen on the validation split. "
+        "Prints and writes R² and Kendall τ with bootstrap intervals over "
         "test models, classification probes for the zoo's hyperparameters and "
         "out-of-distribution flags.",
     )
@@ -27,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="token store (default: the one the run was trained on)")
     probe.add_argument("--features",
                        help="comma-separated feature sets: SANE, SANE+std, W, sW-layer, "
-                       "sW-tensor-var, sW-tensor-std (default: SANE,SANE+std,W,sW-layer)")
+                       "sW-tensor-var, sW-tensor-std, NFN (default: SANE,SANE+std,W,sW-layer)")
     probe.add_argument("--properties",
                        help="comma-separated properties (default: test_acc,epoch,ggap)")
     probe.add_argument("--predict", type=Path, metavar="ZOO",
@@ -53,6 +56,10 @@ def _probe(args: argparse.Namespace) -> None:
                                         permutations=args.permutations))
     print("test R² [95 % bootstrap interval over test models]")
     print(result.markdown())
+    if result.nfn is not None:
+        pretraining = ("" if result.pretraining_seconds is None
+                       else f", SANE pretraining {result.pretraining_seconds:.0f} s")
+        print(f"NFN training {result.nfn['seconds']:.0f} s{pretraining}")
     flagged = [p for p in result.predictions if p.get("ood")]
     if result.predictions:
         print(f"{len(result.predictions)} checkpoints of {args.predict} predicted, "

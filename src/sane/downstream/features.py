@@ -1,19 +1,23 @@
 """Feature sets of model checkpoints: the names, the weight baselines ``W`` / ``s(W)`` of a
-token store's checkpoints, and the ``SANE+std`` statistics of token latents. SANE
-embeddings themselves come from the one engine (:meth:`sane.pipeline.Pipeline.embed`; a
-store's checkpoints: :func:`sane.stages.features.store_features`).
+token store's checkpoints, the ``SANE+std`` statistics of token latents, and the NFN probe's
+predictions (a network trained on the store's checkpoints). SANE embeddings themselves come
+from the one engine (:meth:`sane.pipeline.Pipeline.embed`; a store's checkpoints:
+:func:`sane.stages.features.store_features`).
 
-The baselines read the store's checkpoints rebuilt from their tokens (de-standardized, in the
-aligned frame when the store is aligned), so all feature sets see the same models.
+The baselines and the NFN probe read the store's checkpoints rebuilt from their tokens
+(de-standardized, in the aligned frame when the store is aligned), so all of them see the
+same models.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
+from sane.downstream.nfn_probe import NFNConfig, NFNProbe
+from sane.downstream.probes import Predicted
 from sane.errors import ConfigError
 from sane.weights.baselines import BASELINES, sw_layer
 from sane.weights.store import TokenStore
@@ -53,6 +57,31 @@ def sw_layer_rows(store: TokenStore, rows: np.ndarray, chunk: int = 64) -> np.nd
         sw_layer([store.state_dict(int(r)) for r in rows[start : start + chunk]],
                  include_batchnorm=store.settings.include_batchnorm)
         for start in range(0, len(rows), chunk)])
+
+
+def nfn_predictions(
+    store: TokenStore, targets: Mapping[str, np.ndarray], config: NFNConfig | None = None, *,
+    others: Sequence[Mapping[str, torch.Tensor]] | None = None, progress: bool = True,
+) -> tuple[dict[str, Predicted], NFNProbe]:
+    """The NFN probe (:mod:`sane.downstream.nfn_probe`) fitted on the store's training
+    checkpoints to ``targets`` (``{property: [M]}``), sized and stopped on its validation
+    checkpoints, and the fitted probe. Per property: its predictions for every checkpoint and,
+    with ``others`` (more checkpoints of the store's architecture), theirs."""
+    if store.spec is None:
+        raise ConfigError(f"{store.path}: the NFN probe permutes hidden neurons, and the "
+                          "store's architecture has no permutation spec")
+    states = _checkpoints(store)
+    names = list(targets)
+    y = np.column_stack([targets[name] for name in names])
+    train, val = store.split_rows("train"), store.split_rows("val")
+    probe = NFNProbe(store.spec, config).fit(
+        [states[r] for r in train], y[train],
+        validation=([states[r] for r in val], y[val]), progress=progress)
+    values = probe.predict(states)
+    extra = None if others is None else probe.predict(others)
+    return {name: Predicted(values[:, p], probe.selected_[p],
+                            None if extra is None else extra[:, p])
+            for p, name in enumerate(names)}, probe
 
 
 def check_baseline(store: TokenStore, name: str) -> None:

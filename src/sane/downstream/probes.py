@@ -10,6 +10,7 @@ is not regularized (the reference code appended a column of ones and shrank it t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -82,6 +83,18 @@ def _check(x: Any, y: Any, what: str) -> tuple[np.ndarray, np.ndarray | None]:
     return x, y
 
 
+@dataclass(frozen=True)
+class Predicted:
+    """A property predicted by a model trained on its own (e.g. the NFN probe) rather than
+    by a ridge probe on features: ``values`` ``[M]`` for every row (each split's training,
+    validation or test predictions), ``selected`` what the validation split chose (reported
+    in its row) and ``extra`` ``[Q]`` its predictions for further models, if any."""
+
+    values: np.ndarray
+    selected: Mapping[str, Any]
+    extra: np.ndarray | None = None
+
+
 def probe_table(
     features: Mapping[str, np.ndarray],
     targets: Mapping[str, np.ndarray],
@@ -91,6 +104,7 @@ def probe_table(
     *,
     resamples: int = 1000,
     extra: Mapping[str, np.ndarray] | None = None,
+    predicted: Mapping[str, Mapping[str, Predicted]] | None = None,
 ) -> list[dict[str, Any]]:
     """Fit one probe per (feature set, property) and report R² and Kendall τ per split, with
     bootstrap 95 % intervals over the test split's *models* (:mod:`sane.downstream.intervals`).
@@ -101,7 +115,8 @@ def probe_table(
     "property", "alpha", "r2_<split>", "tau_<split>", "n_<split>", "r2_test_ci",
     "tau_test_ci", "test_rows", "test_truth", "test_predicted"}``; with ``extra`` (features
     of further models per feature set, ``[Q, F]``), also their predictions
-    (``"extra_predicted"``).
+    (``"extra_predicted"``). ``predicted[name][property]`` adds the rows of a predictor
+    trained on its own, scored alike, with ``"selected"`` in place of ``"alpha"``.
     """
     groups = np.asarray(groups)
     rows = []
@@ -112,27 +127,43 @@ def probe_table(
                 raise FormatError(f"property {prop!r}: the {split} split has "
                                   f"{len(known[split])} rows with a value; a probe needs 2")
         for name, x in features.items():
-            train, val, test = known["train"], known["val"], known["test"]
+            train, val = known["train"], known["val"]
             probe = LinearProbe(alphas).fit(x[train], y[train], validation=(x[val], y[val]))
             row: dict[str, Any] = {"features": name, "property": prop, "alpha": probe.alpha_}
-            for split in ("train", "val", "test"):
-                idx = known[split]
-                predicted = probe.predict(x[idx])
-                row[f"r2_{split}"] = r2(y[idx], predicted)
-                row[f"tau_{split}"] = kendall_tau(y[idx], predicted)
-                row[f"n_{split}"] = len(idx)
-            predicted = probe.predict(x[test])
-            for metric in ("r2", "tau"):
-                interval = bootstrap_interval(y[test], predicted, groups[test], METRICS[metric],
-                                              resamples=resamples)
-                # None where undefined (fewer than 3 test models)
-                row[f"{metric}_test_ci"] = None if np.isnan(interval[0]) else list(interval)
-            row |= {"test_rows": test.tolist(), "test_truth": y[test].tolist(),
-                    "test_predicted": predicted.tolist()}
+            row |= _scores(y, known, groups, {s: probe.predict(x[idx]) for s, idx in known.items()},
+                           resamples)
             if extra is not None:
                 row["extra_predicted"] = probe.predict(extra[name]).tolist()
             rows.append(row)
+        for name, by_property in (predicted or {}).items():
+            given = by_property[prop]
+            row = {"features": name, "property": prop, "selected": dict(given.selected)}
+            row |= _scores(y, known, groups, {s: given.values[idx] for s, idx in known.items()},
+                           resamples)
+            if given.extra is not None:
+                row["extra_predicted"] = given.extra.tolist()
+            rows.append(row)
     return rows
+
+
+def _scores(y: np.ndarray, known: Mapping[str, np.ndarray], groups: np.ndarray,
+            predicted: Mapping[str, np.ndarray], resamples: int) -> dict[str, Any]:
+    """R², τ and the row count per split of the predictions ``predicted[split]`` of the
+    rows ``known[split]``; on the test split the bootstrap intervals and the predictions."""
+    scores: dict[str, Any] = {}
+    for split in ("train", "val", "test"):
+        idx = known[split]
+        scores[f"r2_{split}"] = r2(y[idx], predicted[split])
+        scores[f"tau_{split}"] = kendall_tau(y[idx], predicted[split])
+        scores[f"n_{split}"] = len(idx)
+    test = known["test"]
+    for metric in ("r2", "tau"):
+        interval = bootstrap_interval(y[test], predicted["test"], groups[test],
+                                      METRICS[metric], resamples=resamples)
+        # None where undefined (fewer than 3 test models)
+        scores[f"{metric}_test_ci"] = None if np.isnan(interval[0]) else list(interval)
+    return scores | {"test_rows": test.tolist(), "test_truth": y[test].tolist(),
+                     "test_predicted": predicted["test"].tolist()}
 
 
 # Table 1 of the paper: properties as rows, feature sets as columns (W, s(W), SANE).

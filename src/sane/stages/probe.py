@@ -1,7 +1,8 @@
 """``sane probe``: predicting model properties from their weights (SANE §5.1), SANE
 embeddings against the ``W`` and ``s(W)`` baselines, each through a linear probe
-(:mod:`sane.downstream.probes`), on one token store; with rank metrics and bootstrap
-intervals over test models, classification probes for the zoo's categorical
+(:mod:`sane.downstream.probes`), and optionally against a neural functional trained end to
+end (``NFN``, :mod:`sane.downstream.nfn_probe`), on one token store; with rank metrics and
+bootstrap intervals over test models, classification probes for the zoo's categorical
 hyperparameters, out-of-distribution flags (:mod:`sane.downstream.ood`) and, optionally,
 predictions for the checkpoints of another zoo.
 
@@ -13,7 +14,8 @@ predictions for the checkpoints of another zoo.
                        Kendall τ per split with 95 % intervals, the test predictions; the
                        classification probes; the out-of-distribution thresholds and the
                        test checkpoints' distances; predictions for another zoo; with a
-                       SANE, its reconstruction by function per split
+                       SANE, its reconstruction by function per split and its pretraining
+                       time; with NFN, its training (time, sizes, validation curves)
       probes.md        the tables: R² and τ in the layout of SANE's Table 1, classification
                        accuracy against the majority class, flags, predictions
       scatter-<property>.png   predicted against true test values, a panel per feature set
@@ -33,7 +35,13 @@ import torch
 
 from sane import atomic, markdown
 from sane.checkpoints import check_weights
-from sane.downstream.features import PERMUTATIONS, SANE_FEATURES, baseline_features
+from sane.downstream.features import (
+    PERMUTATIONS,
+    SANE_FEATURES,
+    baseline_features,
+    nfn_predictions,
+)
+from sane.downstream.nfn_probe import NFN, NFNConfig, require_nfn
 from sane.downstream.ood import OODReference
 from sane.downstream.probes import (
     PROPERTY_LABELS,
@@ -63,14 +71,18 @@ class ProbeResult:
     :func:`~sane.downstream.probes.probe_table` (``rows``: R² and τ with intervals), the
     classification probes (``classification``), the out-of-distribution summary (``ood``:
     spaces, thresholds and the test checkpoints' flags; None without SANE features), predictions
-    for another zoo's checkpoints (``predictions``), and with a SANE its reconstruction by
-    function per split (``reconstruction``)."""
+    for another zoo's checkpoints (``predictions``), with a SANE its reconstruction by
+    function per split (``reconstruction``) and its pretraining time in seconds
+    (``pretraining_seconds``, None when the run has no history), and with the NFN probe its
+    training record (``nfn``: config, seconds, selections, validation curves)."""
 
     rows: list[dict[str, Any]]
     classification: list[dict[str, Any]]
     ood: dict[str, Any] | None
     predictions: list[dict[str, Any]]
     reconstruction: dict[str, Any] | None
+    pretraining_seconds: float | None = None
+    nfn: dict[str, Any] | None = None
 
     def markdown(self, metric: str = "r2") -> str:
         """The test ``metric`` ("r2" or "tau") with its bootstrap 95 % interval, in the
@@ -105,6 +117,7 @@ def predict_properties(
     device: str = "cpu",
     precision: str = "auto",
     permutations: int = PERMUTATIONS,
+    nfn: NFNConfig | None = None,
 ) -> ProbeResult:
     """Probe ``properties`` and the categorical hyperparameters from each feature set on the
     store's splits; writes ``out``.
@@ -114,10 +127,14 @@ def predict_properties(
     checkpoint is predicted by every probe and, with SANE features, flagged when it lies
     outside the training zoo. The SANE computes on ``device`` in ``precision``
     (:meth:`sane.model.SANE.from_pretrained`); its embeddings average ``permutations``
-    random permutations of each model (:meth:`sane.pipeline.Pipeline.embed`).
+    random permutations of each model (:meth:`sane.pipeline.Pipeline.embed`). The
+    feature set ``"NFN"`` is the NFN probe (:func:`~sane.downstream.features.nfn_predictions`,
+    trained as ``nfn`` says), scored as the probes are.
     """
     if run is None and store is None:
         raise FormatError("give a pretraining run or a token store")
+    if NFN in features:
+        require_nfn()
     model = None if run is None else SANE.from_pretrained(run, device=device,
                                                            precision=precision)
     tokens = TokenStore.open(store) if run is None else Run(run).store(store)
@@ -126,8 +143,8 @@ def predict_properties(
     # and so does a bad checkpoint of the zoo to predict
     ids, other_states = ([], []) if predict is None else _other_zoo(predict, tokens)
     pipe = None if model is None else Pipeline(model, tokens.tokenizer)
-    values = store_features(tokens, features, pipe, progress=progress,
-                            permutations=permutations)
+    values = store_features(tokens, [f for f in features if f != NFN], pipe,
+                            progress=progress, permutations=permutations)
     splits = {s: tokens.split_rows(s) for s in ("train", "val", "test")}
     groups = [m for m, _, _ in tokens.rows]
     # the out-of-distribution spaces (sane.downstream.ood), whether or not they are probed
@@ -138,7 +155,17 @@ def predict_properties(
     wanted = [*values, *(s for s in spaces if s not in values)]
     others = (None if predict is None
               else _other_features(other_states, tokens, wanted, model, permutations))
-    rows = probe_table(values, {p: tokens.property(p) for p in properties}, splits, groups,
+    targets = {p: tokens.property(p) for p in properties}
+    learned, nfn_record = None, None
+    if NFN in features:
+        predicted, fitted = nfn_predictions(tokens, targets, nfn, progress=progress,
+                                            others=None if others is None else other_states)
+        learned = {NFN: predicted}
+        nfn_record = {"config": fitted.config.to_dict(), "seconds": fitted.seconds_,
+                      "train_checkpoints": len(splits["train"]),
+                      "selected": dict(zip(properties, fitted.selected_)),
+                      "history": fitted.history_}
+    rows = probe_table(values, targets, splits, groups, predicted=learned,
                        extra=None if others is None else {n: others[n] for n in values})
     classification = class_probe_table(values, hyperparameters(tokens), splits)
     out = Path(out)
@@ -158,18 +185,29 @@ def predict_properties(
     predictions = [] if others is None else _predictions(ids, rows, other_flags)
     fidelity = (None if model is None
                 else reconstruction_report(model, tokens, ("train", "val", "test")))
+    pretraining = None if run is None else _pretraining_seconds(Path(run))
     atomic.write_json(out / "probes.json", {
         "run": None if run is None else str(Path(run).resolve()),
         "store": str(tokens.path.resolve()), "features": list(features),
         "properties": list(properties), "permutations": permutations, "results": rows,
         "classification": classification, "ood": ood, "predictions": predictions,
-        "reconstruction": fidelity,
+        "reconstruction": fidelity, "pretraining_seconds": pretraining, "nfn": nfn_record,
     })
     for prop in properties:
         _scatter(out / f"scatter-{prop}.png", [r for r in rows if r["property"] == prop])
-    result = ProbeResult(rows, classification, ood, predictions, fidelity)
+    result = ProbeResult(rows, classification, ood, predictions, fidelity, pretraining,
+                         nfn_record)
     atomic.write_text(out / "probes.md", _markdown(result, properties))
     return result
+
+
+def _pretraining_seconds(run: Path) -> float | None:
+    """SANE's pretraining time summed over the epochs of the run's ``history.json`` (None
+    without one)."""
+    file = run / "history.json"
+    if not file.is_file():
+        return None
+    return float(sum(record["seconds"] for record in atomic.read_json(file)))
 
 
 def _other_zoo(path: str | Path, store: TokenStore
@@ -235,10 +273,16 @@ def _markdown(result: ProbeResult, properties: Sequence[str]) -> str:
              "(Ep), generalization gap (GGap), as in SANE's Table 1."
              + ("" if result.ood is None else
                 f" SANE embeddings are averaged over the aligned model and "
-                f"{result.ood['permutations']} random permutations of it."), "",
+                f"{result.ood['permutations']} random permutations of it.")
+             + ("" if result.nfn is None else
+                " The NFN column is no linear probe: a permutation-invariant network trained "
+                "end to end on the same training checkpoints, its size and epochs chosen per "
+                "property on the validation split (below)."), "",
              "## R²", "", markdown_table(result.rows, "r2"), "",
              "## Kendall τ", "", markdown_table(result.rows, "tau"), "",
              *(f"![{PROPERTY_LABELS.get(p, p)}](scatter-{p}.png)" for p in properties), ""]
+    if result.nfn is not None:
+        lines += ["## NFN probe", "", _nfn_markdown(result.nfn, result.pretraining_seconds), ""]
     if result.classification:
         lines += ["## Hyperparameters: classification probes (test accuracy)", "",
                   "Logistic regression, strength chosen on the validation split; the majority "
@@ -269,6 +313,28 @@ def _markdown(result: ProbeResult, properties: Sequence[str]) -> str:
                   "Up to 16 models per split, each at its last stored epoch, encoded and "
                   "decoded whole.", "", fidelity_markdown(result.reconstruction), ""]
     return "\n".join(lines)
+
+
+def _nfn_markdown(record: dict[str, Any], pretraining: float | None) -> str:
+    """How the NFN probe was trained, what validation chose, and its time beside SANE's."""
+    config = record["config"]
+    sizes = ", ".join(str(c) for c in config["channels"])
+    epochs: dict[str, list[float]] = {}  # per size, the seconds of each epoch
+    for h in record["history"]:
+        epochs.setdefault(str(h["channels"]), []).append(h["seconds"])
+    ran = ", ".join(f"{c}: {len(e)} in {sum(e):.0f} s" for c, e in epochs.items())
+    text = (f"HNP layers (the `nfn` package) of channels {sizes}, each trained for up to "
+            f"{config['epochs']} epochs (stopped {config['patience']} epochs after its last "
+            f"validation improvement; here {ran}"
+            f") on {record['train_checkpoints']} training checkpoints, batches of "
+            f"{config['batch_size']}, Adam {config['lr']:g}, seed {config['seed']}: "
+            f"{record['seconds']:.0f} s of training")
+    text += ("." if pretraining is None
+             else f", against {pretraining:.0f} s of SANE pretraining (the run's history).")
+    return "\n".join([text, "", markdown.table(
+        ["property", "channels", "epoch", "validation R²"],
+        [[PROPERTY_LABELS.get(p, p), str(s["channels"]), s["epoch"], s["validation_r2"]]
+         for p, s in record["selected"].items()], digits=3, text_columns=2)])
 
 
 def _flag(record: dict[str, Any]) -> str:
