@@ -5,17 +5,23 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import torch
+
+from sane.model.halo import Sequences
+
 
 class IdentityAutoencoder:
     """Stands in for SANE: latents are the tokens themselves, so sampling is exact."""
 
     def __init__(self, token_size: int) -> None:
-        self.config = SimpleNamespace(d_latent=token_size)
+        self.config = SimpleNamespace(d_latent=token_size, token_size=token_size)
 
     def eval(self) -> IdentityAutoencoder:
         return self
 
     def encode_sequence(self, tokens, positions):
+        if isinstance(tokens, Sequences):  # made on demand, as the pipeline gives them
+            return torch.stack([tokens.read(i, 0, tokens.length) for i in range(tokens.count)])
         return tokens.clone()
 
     def decode_sequence(self, z, positions):
@@ -27,8 +33,11 @@ class IdentityAutoencoder:
 
 
 class IdentitySANE:
-    """``SANE.from_pretrained`` stand-in whose model is :class:`IdentityAutoencoder`."""
+    """``SANE.from_pretrained`` stand-in whose model is :class:`IdentityAutoencoder` for
+    tokens of ``token_size`` values."""
 
-    @staticmethod
-    def from_pretrained(path, **options):
-        return IdentityAutoencoder(201)
+    def __init__(self, token_size: int = 201) -> None:
+        self.token_size = token_size
+
+    def from_pretrained(self, path, **options):
+        return IdentityAutoencoder(self.token_size)

@@ -7,7 +7,8 @@ import torch
 
 from sampling_helpers import IdentityAutoencoder
 from sane.downstream.copies import COPIES, copy_baselines
-from sane.downstream.sampling import SamplingConfig, Target, flatten, sample_models
+from sane.downstream.sampling import SamplingConfig, Target, flatten
+from sane.pipeline import Pipeline
 from sane.weights import fit_standardization, tokenize
 from sane.weights.tokenizer import Tokenizer
 from sane.zoo import ArchConfig, build_model
@@ -23,8 +24,8 @@ def _setup(seeds, scale=1.0):
     standardization = fit_standardization(states)
     tokens = [tokenize(standardization.apply(s)) for s in states]
     tokenizer = Tokenizer(tokens[0].manifest, standardization)
-    return ([tokenizer.canonical(s) for s in states], tokenizer, tokens[0].positions,
-            torch.stack([t.tokens for t in tokens]))
+    pipe = Pipeline(IdentityAutoencoder(201), tokenizer)  # latents are the tokens
+    return [tokenizer.canonical(s) for s in states], tokenizer, pipe
 
 
 def _first_weight_sum(net):
@@ -36,10 +37,9 @@ TARGET = Target(build=lambda seed: build_model(ARCH, seed=seed), select=_first_w
 
 
 def test_every_baseline_draws_and_keeps_as_many_per_round_as_the_sampler():
-    states, tokenizer, positions, prompts = _setup([1, 2, 3])
+    states, tokenizer, pipe = _setup([1, 2, 3])
     config = SamplingConfig(samples=6, keep=2, rounds=3, bandwidth=0.3)
-    samples = sample_models(IdentityAutoencoder(201), prompts, positions, tokenizer, TARGET,
-                            config)
+    samples = pipe.sample_selected(states, TARGET, config)
     runs = copy_baselines(states, samples, tokenizer, TARGET, config)
     assert list(runs) == list(COPIES)
     for run in runs.values():
@@ -54,10 +54,9 @@ def test_every_baseline_draws_and_keeps_as_many_per_round_as_the_sampler():
 
 
 def test_noise_lies_exactly_at_each_draws_distance_from_the_same_source():
-    states, tokenizer, positions, prompts = _setup([1, 2])
+    states, tokenizer, pipe = _setup([1, 2])
     config = SamplingConfig(samples=5, keep=5, bandwidth=0.5)
-    samples = sample_models(IdentityAutoencoder(201), prompts, positions, tokenizer, TARGET,
-                            config)
+    samples = pipe.sample_selected(states, TARGET, config)
     runs = copy_baselines(states, samples, tokenizer, TARGET, config,
                           names=("noise", "per-tensor noise"))
     for run in runs.values():
@@ -67,10 +66,9 @@ def test_noise_lies_exactly_at_each_draws_distance_from_the_same_source():
 
 
 def test_per_tensor_noise_follows_each_tensors_scale_and_isotropic_noise_does_not():
-    states, tokenizer, positions, prompts = _setup([1, 2, 3, 4], scale=5.0)
+    states, tokenizer, pipe = _setup([1, 2, 3, 4], scale=5.0)
     config = SamplingConfig(samples=1, keep=1, bandwidth=2.0)
-    samples = sample_models(IdentityAutoencoder(201), prompts, positions, tokenizer, TARGET,
-                            config)
+    samples = pipe.sample_selected(states, TARGET, config)
     runs = copy_baselines(states, samples, tokenizer, TARGET, config,
                           names=("noise", "per-tensor noise"))
     source = states[samples.draws[0].source]
@@ -85,10 +83,9 @@ def test_per_tensor_noise_follows_each_tensors_scale_and_isotropic_noise_does_no
 
 
 def test_averages_are_midpoints_of_two_members_of_the_bank():
-    states, tokenizer, positions, prompts = _setup([1, 2, 3])
+    states, tokenizer, pipe = _setup([1, 2, 3])
     config = SamplingConfig(samples=4, keep=4, bandwidth=0.1)
-    samples = sample_models(IdentityAutoencoder(201), prompts, positions, tokenizer, TARGET,
-                            config)
+    samples = pipe.sample_selected(states, TARGET, config)
     run = copy_baselines(states, samples, tokenizer, TARGET, config, names=("averages",))
     keys = tokenizer.manifest.tokenized_keys()
     flat = [flatten(s, keys) for s in states]
@@ -98,13 +95,12 @@ def test_averages_are_midpoints_of_two_members_of_the_bank():
 
 
 def test_averages_need_two_models_and_the_prior_gets_random_initializations():
-    states, tokenizer, positions, prompts = _setup([1])
+    states, tokenizer, pipe = _setup([1])
     config = SamplingConfig(samples=3, keep=1)
-    samples = sample_models(IdentityAutoencoder(201), prompts, positions, tokenizer, TARGET,
-                            config)
+    samples = pipe.sample_selected(states, TARGET, config)
     assert "averages" not in copy_baselines(states, samples, tokenizer, TARGET, config)
     prior = SamplingConfig(samples=3, keep=1, prior_std=1.0)
-    samples = sample_models(IdentityAutoencoder(201), None, positions, tokenizer, TARGET, prior)
+    samples = pipe.sample_selected(states, TARGET, prior)
     runs = copy_baselines(states, samples, tokenizer, TARGET, prior, names=("noise",))
     keys = tokenizer.manifest.tokenized_keys()
     initial = [flatten(tokenizer.canonical(build_model(ARCH, seed=s).state_dict()), keys)

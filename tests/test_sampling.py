@@ -17,10 +17,10 @@ from sane.downstream import (
     Target,
     condition_batchnorm,
     kde_sample,
-    sample_models,
 )
 from sane.downstream.sampling import flatten, latent_spread
 from sane.errors import ConfigError, FormatError
+from sane.pipeline import Pipeline
 from sane.weights import fit_standardization, tokenize
 from sane.weights.tokenizer import Tokenizer
 from sane.zoo import ArchConfig, build_model
@@ -56,7 +56,8 @@ def _prompts(seeds):
     standardization = fit_standardization(states)
     tokens = [tokenize(standardization.apply(s)) for s in states]
     tokenizer = Tokenizer(tokens[0].manifest, standardization)
-    return states, tokenizer, tokens[0].positions, torch.stack([t.tokens for t in tokens])
+    pipe = Pipeline(IdentityAutoencoder(201), tokenizer)  # latents are the tokens
+    return states, pipe, torch.stack([t.tokens for t in tokens])
 
 
 def _first_weight_sum(net: nn.Module) -> float:
@@ -71,9 +72,9 @@ def _target(report=lambda net: -_first_weight_sum(net)) -> Target:
 
 
 def test_one_prompt_without_noise_samples_the_prompt_itself():
-    states, tokenizer, positions, prompts = _prompts([1])
-    out = sample_models(IdentityAutoencoder(201), prompts, positions, tokenizer,
-                        _target(), SamplingConfig(samples=3, keep=2, bandwidth=0.0))
+    states, pipe, _ = _prompts([1])
+    out = pipe.sample_selected(states, _target(),
+                               SamplingConfig(samples=3, keep=2, bandwidth=0.0))
     assert len(out.states) == 2 and out.latents.shape == (2, 48, 201)
     assert [(d.round, d.source) for d in out.draws] == [(1, 0)] * 3
     assert all(d.distance == pytest.approx(0, abs=1e-4) for d in out.draws)
@@ -83,16 +84,16 @@ def test_one_prompt_without_noise_samples_the_prompt_itself():
 
 
 def test_bootstrapping_returns_the_best_of_the_last_round_by_selection_sorted():
-    _, tokenizer, positions, prompts = _prompts([1, 2, 3])
+    states, pipe, prompts = _prompts([1, 2, 3])
     target = _target()
-    out = sample_models(IdentityAutoencoder(201), prompts, positions, tokenizer,
-                        target, SamplingConfig(samples=12, keep=4, rounds=3, bandwidth=0.3))
+    out = pipe.sample_selected(states, target,
+                               SamplingConfig(samples=12, keep=4, rounds=3, bandwidth=0.3))
     # The noise is relative to the spread of each round's prompts (the kept latents after
     # the first round).
     assert out.noise_std[0] == pytest.approx(0.3 * latent_spread(prompts))
     assert len(out.noise_std) == 3 and out.noise_std[-1] > 0
-    absolute = sample_models(IdentityAutoencoder(201), prompts, positions, tokenizer, target,
-                             SamplingConfig(samples=2, keep=1, bandwidth=0.3, relative=False))
+    absolute = pipe.sample_selected(
+        states, target, SamplingConfig(samples=2, keep=1, bandwidth=0.3, relative=False))
     assert absolute.noise_std == [0.3]
     assert [d.round for d in out.draws] == [1] * 12 + [2] * 12 + [3] * 12
     assert [len(k) for k in out.kept] == [4, 4, 4]
@@ -115,10 +116,10 @@ def test_bootstrapping_returns_the_best_of_the_last_round_by_selection_sorted():
 
 
 def test_draw_distances_are_measured_in_aligned_weight_space():
-    states, tokenizer, positions, prompts = _prompts([1, 2])
-    out = sample_models(IdentityAutoencoder(201), prompts, positions, tokenizer, _target(),
-                        SamplingConfig(samples=4, keep=4, bandwidth=0.5))
-    keys = tokenizer.manifest.tokenized_keys()
+    states, pipe, _ = _prompts([1, 2])
+    out = pipe.sample_selected(states, _target(),
+                               SamplingConfig(samples=4, keep=4, bandwidth=0.5))
+    keys = pipe.tokenizers[0].manifest.tokenized_keys()
     for draw, state in zip(sorted(out.draws, key=lambda d: -d.scores.selection), out.states):
         expected = torch.linalg.vector_norm(flatten(state, keys) - flatten(states[draw.source],
                                                                            keys))
@@ -126,17 +127,19 @@ def test_draw_distances_are_measured_in_aligned_weight_space():
 
 
 def test_gaussian_prior_needs_no_prompts_and_bad_prompts_are_refused():
-    _, tokenizer, positions, prompts = _prompts([1])
+    states, pipe, _ = _prompts([1])
     target = _target()
-    model = IdentityAutoencoder(201)
-    out = sample_models(model, None, positions, tokenizer, target,
-                        SamplingConfig(samples=4, keep=1, prior_std=1.0))
+    # With a prior the one model given only names the architecture.
+    out = pipe.sample_selected(states, target, SamplingConfig(samples=4, keep=1, prior_std=1.0))
     assert len(out.states) == 1
     assert all(d.source is None and d.distance is None for d in out.draws)
-    with pytest.raises(FormatError, match="prompts must be"):
-        sample_models(model, None, positions, tokenizer, target)
-    with pytest.raises(FormatError, match="positions must be"):
-        sample_models(model, prompts, positions[:5], tokenizer, target)
+    with pytest.raises(ConfigError, match="at least one prompt"):
+        pipe.sample_selected([], target)
+    with pytest.raises(FormatError, match="model 1: the state dict does not fit"):
+        pipe.sample_selected([states[0], build_model(ArchConfig(name="mlp")).state_dict()],
+                             target)
+    with pytest.raises(FormatError, match=r"positions must be one \[N, 3\] per tokenizer"):
+        Pipeline(pipe.model, pipe.tokenizers, positions=[pipe.positions[0][:5]])
     with pytest.raises(ConfigError, match="keep must lie"):
         SamplingConfig(samples=3, keep=5)
 
@@ -243,7 +246,7 @@ def test_coherent_draws_of_trained_prompts_score_as_their_prompt(trained_store, 
     training; the memorization controls then see copies."""
     from sane.stages import sample as stage
 
-    monkeypatch.setattr(stage, "SANE", IdentitySANE)
+    monkeypatch.setattr(stage, "SANE", IdentitySANE())
     report = stage.sample_from_run(
         tmp_path / "run", tmp_path / "out", store=trained_store.path, prompts=5,
         config=SamplingConfig(samples=6, keep=3, bandwidth=0.0))

@@ -63,7 +63,7 @@ def test_an_exact_autoencoder_samples_the_target_prompts_themselves(trained_stor
     from sane.stages import sample as stage
 
     trained_store.tokenizer.save_pretrained(tmp_path / "run")
-    monkeypatch.setattr(stage, "SANE", IdentitySANE)
+    monkeypatch.setattr(stage, "SANE", IdentitySANE())
     report = stage.sample_from_run(tmp_path / "run", tmp_path / "out", prompts=3,
                                    prompts_from=wide_zoo.path,
                                    config=SamplingConfig(samples=4, keep=2, bandwidth=0.0))
@@ -144,7 +144,7 @@ def test_batch_norm_resnets_pretrain_sample_and_transfer_to_a_deeper_resnet(tmp_
     # An exact autoencoder gives back the deeper prompts' weights (aligned), their batch-norm
     # statistics re-estimated like every sample's.
     deep = _zoo(tmp_path_factory, "resnet_s_deep", models=2, epochs=2)
-    monkeypatch.setattr(stage, "SANE", IdentitySANE)
+    monkeypatch.setattr(stage, "SANE", IdentitySANE(store.manifest.token_size))
     exact = stage.sample_from_run(tmp / "run", tmp / "deep", prompts=2, prompts_from=deep.path,
                                   config=SamplingConfig(samples=2, keep=2, bandwidth=0.0))
     assert {g.architecture["name"] for g in exact.architectures} == {"resnet_s_deep"}
@@ -177,7 +177,7 @@ def test_a_classifier_for_another_class_count_is_reinitialized(trained_store, mo
     head = list(build_model(arch).state_dict())[-2:]  # the last linear layer
     assert [keys[i] for i in prompts.fresh] == head
     trained_store.tokenizer.save_pretrained(tmp_path / "run")
-    monkeypatch.setattr(stage, "SANE", IdentitySANE)
+    monkeypatch.setattr(stage, "SANE", IdentitySANE())
     report = stage.sample_from_run(tmp_path / "run", tmp_path / "out", prompts=2,
                                    prompts_from=zoo.path,
                                    config=SamplingConfig(samples=2, keep=2, bandwidth=0.0))

@@ -39,7 +39,16 @@ import torch
 from torch import nn
 
 from sane.downstream.features import PERMUTATIONS, spread_features
-from sane.downstream.sampling import kde_sample, latent_spread
+from sane.downstream.sampling import (
+    Draw,
+    Samples,
+    SamplingConfig,
+    Target,
+    flatten,
+    kde_sample,
+    latent_spread,
+    score_state,
+)
 from sane.errors import ConfigError, FormatError
 from sane.model import SANE
 from sane.model.halo import Sequences
@@ -53,9 +62,14 @@ Model = nn.Module | Mapping[str, torch.Tensor]
 
 class Pipeline:
     """``model`` a pretrained SANE and ``tokenizers`` those of its token store: one, or one
-    per layout of a mixed zoo's store (each model is tokenized by the first that fits it)."""
+    per layout of a mixed zoo's store (each model is tokenized by the first that fits it).
+    ``positions`` (one ``[N, 3]`` per tokenizer) are where the SANE sees each tokenizer's
+    tokens; by default the tokenizer's own layout, and for an architecture the SANE was not
+    pretrained on, its place within the pretrained layout
+    (:func:`sane.weights.positions.relative_positions`)."""
 
-    def __init__(self, model: SANE, tokenizers: Tokenizer | Sequence[Tokenizer]) -> None:
+    def __init__(self, model: SANE, tokenizers: Tokenizer | Sequence[Tokenizer], *,
+                 positions: Sequence[torch.Tensor] | None = None) -> None:
         tokenizers = [tokenizers] if isinstance(tokenizers, Tokenizer) else list(tokenizers)
         if not tokenizers:
             raise FormatError("a pipeline needs at least one tokenizer")
@@ -63,8 +77,15 @@ class Pipeline:
             if model.config.token_size != tokenizer.manifest.token_size:
                 raise FormatError(f"the SANE takes tokens of {model.config.token_size} values, "
                                   f"a tokenizer makes {tokenizer.manifest.token_size}")
+        if positions is None:
+            positions = [t.manifest.positions() for t in tokenizers]
+        if len(positions) != len(tokenizers) or any(
+                tuple(p.shape) != (t.manifest.num_tokens, 3)
+                for p, t in zip(positions, tokenizers)):
+            raise FormatError("positions must be one [N, 3] per tokenizer, N its tokens")
         self.model = model.eval()
         self.tokenizers = tokenizers
+        self.positions = list(positions)
 
     @classmethod
     def from_pretrained(cls, run: str | Path, *, device: str | torch.device = "cpu",
@@ -102,8 +123,7 @@ class Pipeline:
         tokenizer = self.tokenizers[k]
         readers = [tokenizer.reader(s, permutation=permutation, aligned=True) for s in states]
         tokens = _sequences(readers, tokenizer.manifest.num_tokens)
-        return list(self.model.encode_sequence(tokens, tokenizer.manifest.positions())
-                    .cpu().float())
+        return list(self.model.encode_sequence(tokens, self.positions[k]).cpu().float())
 
     def _fitting(self, model: Model) -> int:
         """The index of the first tokenizer that fits ``model``."""
@@ -198,24 +218,84 @@ class Pipeline:
         return self.decode(drawn, like=prompts[0])
 
     @torch.no_grad()
+    def sample_selected(self, prompts: Sequence[Mapping[str, torch.Tensor]], target: Target,
+                        config: SamplingConfig | None = None) -> Samples:
+        """Algorithm 3: sampled models scored on ``target`` and selected by its selection
+        score (:mod:`sane.downstream.sampling`).
+
+        ``prompts`` are canonical state dicts of one architecture in the aligned frame (a
+        token store's checkpoints; with ``config.prior_std`` only the first is used, for the
+        architecture). Each round draws ``config.samples`` latent sequences around the
+        round's prompts (:func:`kde_sample`; from N(0, prior_std²) in the first round with a
+        prior), decodes them one at a time, loads each into ``target.build(0)``, conditions
+        its batch norm and scores it on both splits (:func:`score_state`); the ``keep`` best
+        by selection score are kept, and their latents are the next round's prompts. Memory
+        stays at ``keep`` decoded models however many are drawn."""
+        config = config or SamplingConfig()
+        if not len(prompts):
+            raise ConfigError("sampling needs at least one prompt (with a prior: one model "
+                              "of the architecture)")
+        like = prompts[0]
+        layouts = self._layouts(prompts)
+        if len(layouts) != 1:
+            raise ConfigError("sample around prompts of one architecture at a time")
+        manifest = self.tokenizers[next(iter(layouts))].manifest
+        keys = manifest.tokenized_keys()
+        generator = torch.Generator().manual_seed(config.seed)
+        if config.prior_std is not None:
+            n = manifest.num_tokens
+            latents = config.prior_std * torch.randn(
+                config.samples, n, self.model.config.d_latent, generator=generator)
+            bank, sources = None, [None] * config.samples
+        else:
+            bank = torch.stack(self.latents(prompts, aligned=True))
+            anchors = [flatten(p, keys) for p in prompts]
+        draws: list[Draw] = []
+        kept_per_round: list[list[int]] = []
+        noise: list[float] = []
+        for round_index in range(1, config.rounds + 1):
+            noise_std = 0.0
+            if bank is not None:
+                noise_std = config.bandwidth * (latent_spread(bank) if config.relative else 1)
+                latents, sources = kde_sample(bank, config.samples, noise_std, generator)
+            first = len(draws)
+            kept: list[tuple[float, int, dict[str, torch.Tensor]]] = []
+            for i, source in enumerate(sources):
+                state = self.decode(latents[i : i + 1], like=like)[0]
+                distance = (None if source is None else
+                            float(torch.linalg.vector_norm(flatten(state, keys) - anchors[source])))
+                scores = score_state(state, target, config.bn_batches, generator)
+                draws.append(Draw(round_index, source, distance, scores))
+                kept = sorted([*kept, (-scores.selection, i, state)], key=lambda x: x[:2])
+                kept = kept[: config.keep]
+            best = [i for _, i, _ in kept]
+            kept_per_round.append([first + i for i in best])
+            noise.append(noise_std)
+            bank = latents[best]
+            anchors = [flatten(state, keys) for _, _, state in kept]
+        return Samples([state for _, _, state in kept],
+                       [draws[i].scores for i in kept_per_round[-1]], bank, draws,
+                       kept_per_round, noise)
+
+    @torch.no_grad()
     def decode(self, latents: torch.Tensor, *, like: Model) -> list[Model]:
         """Models decoded from latent sequences ``latents [B, N, d_z]`` of ``like``'s
         architecture, in the form of ``like`` (modules: copies of it holding the decoded
         weights; state dicts: under its keys), in the aligned frame."""
         if latents.ndim != 3:
             raise FormatError(f"latents must be [B, N, d_z], got {list(latents.shape)}")
-        tokenizer = self.tokenizer(like)
+        k = self._fitting(like)
+        tokenizer = self.tokenizers[k]
         expected = (tokenizer.manifest.num_tokens, self.model.config.d_latent)
         if tuple(latents.shape[1:]) != expected:
             raise FormatError(f"latents of this architecture are [B, {expected[0]}, "
                               f"{expected[1]}], got {list(latents.shape)}")
-        positions = tokenizer.manifest.positions()
-        layout = [(k, tuple(t.shape)) for k, t in _state(like).items()]
+        layout = [(key, tuple(t.shape)) for key, t in _state(like).items()]
         out: list[Model] = []
         # Decoded tokens go de-standardized into each model's tensors piece by piece (a new
         # module's own, for modules): neither the tokens of whole models [B, N, d_t] nor a
         # second copy of a model's weights is held.
-        pieces = self.model.decode_pieces(latents, positions)
+        pieces = self.model.decode_pieces(latents, self.positions[k])
         for _, own_pieces in itertools.groupby(pieces, key=lambda piece: piece[0]):
             tokens = ((start, t.cpu()) for _, start, t in own_pieces)
             if isinstance(like, nn.Module):

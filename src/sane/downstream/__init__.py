@@ -10,10 +10,9 @@ from sane.downstream.sampling import (
     Scores,
     Target,
     kde_sample,
-    sample_models,
 )
 from sane.zoo.batchnorm import condition_batchnorm
 
 __all__ = ["ALPHAS", "COPIES", "LinearProbe", "Samples", "SamplingConfig", "Scores", "Target",
            "baseline_features", "condition_batchnorm", "copy_baselines", "kde_sample",
-           "markdown_table", "probe_table", "sample_models"]
+           "markdown_table", "probe_table"]

@@ -1,7 +1,9 @@
-"""Sampling new models with SANE (Algorithm 3): a KDE in latent space around a few prompt
-models, haloed decoding, batch-norm conditioning, and keeping the best by a cheap score
-(*subsampling*), optionally over several rounds whose best latents become the next prompts
-(*bootstrapping*), or starting from a Gaussian prior instead of prompts.
+"""The parts of sampling new models with SANE (Algorithm 3; the loop itself is
+:meth:`sane.pipeline.Pipeline.sample_selected`): a KDE in latent space around a few prompt
+models, batch-norm conditioning and scoring, and what a sampling run records. The best
+samples by a cheap score are kept (*subsampling*), optionally over several rounds whose best
+latents become the next prompts (*bootstrapping*), or starting from a Gaussian prior
+instead of prompts.
 
 A draw is one prompt's whole latent sequence plus Gaussian noise, independent per token and
 latent dimension. Every token of a sample comes from the same prompt: a sample that takes each
@@ -23,9 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sane.errors import ConfigError, FormatError
-from sane.model import SANE
-from sane.weights.tokenizer import Tokenizer
+from sane.errors import ConfigError
 from sane.zoo.batchnorm import condition_batchnorm, has_batchnorm
 from sane.zoo.layout import rename_positionally
 
@@ -136,72 +136,6 @@ def kde_sample(prompts: torch.Tensor, count: int, noise_std: float,
 def flatten(state: State, keys: Sequence[str]) -> torch.Tensor:
     """The weights of ``keys`` in ``state`` as one float64 vector (aligned weight space)."""
     return torch.cat([state[k].detach().double().flatten() for k in keys])
-
-
-def sample_models(
-    model: SANE,
-    prompts: torch.Tensor | None,
-    positions: torch.Tensor,
-    tokenizer: Tokenizer,
-    target: Target,
-    config: SamplingConfig = SamplingConfig(),
-) -> Samples:
-    """Sample models of ``tokenizer``'s token layout (positions ``[N, 3]``).
-
-    ``prompts`` are standardized token sequences ``[E, N, d_t]`` of prompt models (None with
-    ``config.prior_std``). Each round draws ``samples`` latent sequences, decodes them
-    (haloed), de-standardizes, loads them into ``target.build(0)``, conditions batch norm on
-    ``target.images`` and scores them on both splits; the ``keep`` best by selection score
-    are kept and their latents are the next round's prompts.
-    """
-    generator = torch.Generator().manual_seed(config.seed)
-    manifest = tokenizer.manifest
-    keys = manifest.tokenized_keys()
-    n = manifest.num_tokens
-    if positions.shape != (n, 3):
-        raise FormatError(f"positions must be [{n}, 3] for this token layout, got "
-                          f"{list(positions.shape)}")
-    model.eval()
-    with torch.no_grad():
-        if config.prior_std is not None:
-            latents = config.prior_std * torch.randn(config.samples, n, model.config.d_latent,
-                                                     generator=generator)
-            bank, sources = None, [None] * config.samples
-        elif prompts is None or prompts.ndim != 3 or prompts.shape[1:] != (n, manifest.token_size):
-            raise FormatError(f"prompts must be [E, {n}, {manifest.token_size}] standardized "
-                              "tokens (or set prior_std)")
-        else:
-            bank = model.encode_sequence(prompts, positions).cpu()
-            anchors = [flatten(tokenizer.decode(t), keys) for t in prompts]
-        draws: list[Draw] = []
-        kept_per_round: list[list[int]] = []
-        noise: list[float] = []
-        for round_index in range(1, config.rounds + 1):
-            noise_std = 0.0
-            if bank is not None:
-                noise_std = config.bandwidth * (latent_spread(bank) if config.relative else 1)
-                latents, sources = kde_sample(bank, config.samples, noise_std, generator)
-            # One sample at a time, decoded piece by piece, keeping only the best states:
-            # memory stays at ``keep`` models however many are drawn (a ResNet-18 state is
-            # 45 MB).
-            first = len(draws)
-            kept: list[tuple[float, int, State]] = []
-            for i, source in enumerate(sources):
-                pieces = model.decode_pieces(latents[i : i + 1], positions)
-                state = tokenizer.decode_pieces((start, t.cpu()) for _, start, t in pieces)
-                distance = (None if source is None else
-                            float(torch.linalg.vector_norm(flatten(state, keys) - anchors[source])))
-                scores = score_state(state, target, config.bn_batches, generator)
-                draws.append(Draw(round_index, source, distance, scores))
-                kept = sorted([*kept, (-scores.selection, i, state)], key=lambda k: k[:2])
-                kept = kept[: config.keep]
-            best = [i for _, i, _ in kept]
-            kept_per_round.append([first + i for i in best])
-            noise.append(noise_std)
-            bank = latents[best]
-            anchors = [flatten(state, keys) for _, _, state in kept]
-    return Samples([state for _, _, state in kept], [draws[i].scores for i in kept_per_round[-1]],
-                   bank, draws, kept_per_round, noise)
 
 
 def score_state(state: State, target: Target, bn_batches: int, generator: torch.Generator

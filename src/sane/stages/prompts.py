@@ -37,7 +37,6 @@ from sane.run import Run
 from sane.weights.permutations import permutation_spec
 from sane.weights.positions import relative_positions
 from sane.weights.store import TokenStore
-from sane.weights.tokenize import tokenize_into
 from sane.weights.tokenizer import Tokenizer, fit_zoo
 from sane.zoo import ArchConfig, Zoo, build_model
 from sane.zoo.architectures import input_shape
@@ -52,19 +51,17 @@ TRAINING_BYTES = 2**30
 @dataclass(frozen=True)
 class Prompts:
     """``E`` prompt models: ``ids`` (model, epoch), ``arch_index`` into ``architectures``,
-    standardized ``tokens [E, N, d_t]`` and ``states`` (canonical keys, aligned); their
-    ``tokenizer`` (decodes samples of their layout), the ``positions [N, 3]`` SANE sees
-    their tokens at, and the ``data`` of their task; ``fresh`` the places (in state-dict
-    order) of a classifier that sampled models get freshly initialized, because it has
-    another number of classes than the pretraining zoo's; ``training`` per architecture
-    index the training models SANE saw at the prompts' epoch (states like ``states``;
-    none for prompts from another zoo, or when they would not fit in
-    :data:`TRAINING_BYTES`)."""
+    ``states`` (canonical keys, aligned); their ``tokenizer`` (tokenizes them and decodes
+    samples of their layout), the ``positions [N, 3]`` SANE sees their tokens at, and the
+    ``data`` of their task; ``fresh`` the places (in state-dict order) of a classifier that
+    sampled models get freshly initialized, because it has another number of classes than
+    the pretraining zoo's; ``training`` per architecture index the training models SANE saw
+    at the prompts' epoch (states like ``states``; none for prompts from another zoo, or when
+    they would not fit in :data:`TRAINING_BYTES`)."""
 
     ids: list[tuple[str, int]]
     arch_index: list[int]
     architectures: list[ArchConfig]
-    tokens: torch.Tensor
     states: list[dict[str, torch.Tensor]]
     tokenizer: Tokenizer
     positions: torch.Tensor
@@ -99,8 +96,8 @@ def store_prompts(store: TokenStore, count: int, epoch: int | None = None, *,
         for r in everyone:
             training.setdefault(store.row_architecture[r], []).append(store.state_dict(r))
     return Prompts([store.rows[r][:2] for r in rows], [store.row_architecture[r] for r in rows],
-                   store.architectures, torch.tensor(store.tokens[rows]),
-                   [store.state_dict(r) for r in rows], store.tokenizer, store.positions,
+                   store.architectures, [store.state_dict(r) for r in rows], store.tokenizer,
+                   store.positions,
                    target_data(store, dataset, root), training=training)
 
 
@@ -132,16 +129,13 @@ def zoo_prompts(zoo_path: str | Path, source: Tokenizer, count: int,
     ids = ids[:count]
     states = [fit.load(m, e) for m, e in ids]
     manifest = fit.tokenizer.manifest
-    tokens = torch.empty(len(ids), manifest.num_tokens, manifest.token_size)
-    for i, state in enumerate(states):
-        tokenize_into(fit.tokenizer.standardization.apply(state), manifest, tokens[i])
     architectures = sorted({zoo.model(m).architecture for m, _ in ids},
                            key=lambda a: repr(a.to_dict()))
     head = manifest.layers[-1]
     fresh = () if head.rows == source.manifest.layers[-1].rows else tuple(
         manifest.keys.index(k) for k in head.keys())
     return Prompts(ids, [architectures.index(zoo.model(m).architecture) for m, _ in ids],
-                   architectures, tokens, states, fit.tokenizer,
+                   architectures, states, fit.tokenizer,
                    relative_positions(source.manifest, manifest), zoo_data(zoo), fresh)
 
 

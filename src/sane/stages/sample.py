@@ -56,13 +56,13 @@ from sane.downstream.sampling import (
     State,
     Target,
     load_state,
-    sample_models,
     score_state,
 )
 from sane.downstream.verdicts import Scored, Versus, strongest, versus
 from sane.errors import ConfigError, FormatError
 from sane.model import SANE
 from sane.model.sane import inference_precision, usable_device
+from sane.pipeline import Pipeline
 from sane.run import Run
 from sane.settings import from_table
 from sane.stages.prompts import request_prompts
@@ -282,6 +282,7 @@ def sample_from_run(
             return done
     model = SANE.from_pretrained(run, device=device, precision=precision)
     chosen = request_prompts(request)
+    pipe = Pipeline(model, chosen.tokenizer, positions=[chosen.positions])
     keys = chosen.tokenizer.manifest.tokenized_keys()
     architectures, prompt_records, kept = [], [], []
     baselines: dict[str, list[KeptRecord]] = {}
@@ -289,10 +290,8 @@ def sample_from_run(
     for arch_index, group in chosen.groups().items():
         arch = chosen.architectures[arch_index]
         target = dataclasses.replace(zoo_target(arch, chosen.data), fresh=chosen.fresh)
-        prompt_tokens = None if config.prior_std is not None else chosen.tokens[group]
-        samples = sample_models(model, prompt_tokens, chosen.positions, chosen.tokenizer,
-                                target, config)
         states = [chosen.states[i] for i in group]
+        samples = pipe.sample_selected(states, target, config)
         ids = [chosen.ids[i][0] for i in group]
         training = chosen.training.get(arch_index, [])
         generator = torch.Generator().manual_seed(config.seed)
