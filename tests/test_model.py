@@ -35,6 +35,23 @@ def test_shapes_of_encode_decode_and_project():
     assert model.decode(model.encode(tokens, positions), positions).shape == (2, 25, 7)
 
 
+def test_latent_noise_reaches_only_the_decoder():
+    model = SANE(CONFIG).eval()  # no dropout: the only randomness is the latent noise
+    tokens, positions = windows(4, 10)
+    with torch.no_grad():
+        z, clean, projection = model(tokens, positions)
+        torch.manual_seed(0)
+        z2, noised, projection2 = model(tokens, positions, latent_noise=0.5)
+        torch.manual_seed(0)
+        _, again, _ = model(tokens, positions, latent_noise=0.5)
+    assert torch.equal(z, z2) and torch.equal(projection, projection2)
+    assert torch.equal(clean, model.decode(z, positions))
+    assert not torch.allclose(noised, clean) and torch.equal(noised, again)
+    # Each window's noise scale is drawn on its own: windows are noised by different amounts.
+    spread = [float((n - c).abs().mean()) for n, c in zip(noised, clean)]
+    assert len({round(v, 6) for v in spread}) == 4
+
+
 def test_attention_sees_the_whole_window():
     model = SANE(CONFIG).eval()
     tokens, positions = windows(1, 10)

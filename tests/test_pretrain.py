@@ -187,6 +187,8 @@ def test_config_file_and_overrides(tmp_path):
         load_pretrain_config(gamma=1.5)
     with pytest.raises(ConfigError, match="preset must be one of"):
         load_pretrain_config(preset="huge")
+    with pytest.raises(ConfigError, match="latent_noise must be non-negative"):
+        load_pretrain_config(latent_noise=-0.1)
 
 
 @pytest.mark.slow

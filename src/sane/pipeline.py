@@ -185,12 +185,13 @@ class Pipeline:
         """``model`` encoded and decoded whole: a new model of the same form."""
         return self.decode(self.latents([model])[0][None], like=model)[0]
 
-    def interpolate(self, a: Model, b: Model, ts: Sequence[float]) -> list[Model]:
+    def interpolate(self, a: Model, b: Model, ts: Sequence[float], *, aligned: bool = False
+                    ) -> list[Model]:
         """Models decoded from ``(1 - t) · z_a + t · z_b`` for each ``t`` of ``ts``: the
         straight line between the latent sequences of ``a`` and ``b`` (two models of one
-        architecture, each aligned to the zoo's reference first, so the line runs between
-        aligned models); in the form of ``a``."""
-        za, zb = self.latents([a, b])
+        architecture, each aligned to the zoo's reference first unless ``aligned`` says they
+        are, so the line runs between aligned models); in the form of ``a``."""
+        za, zb = self.latents([a, b], aligned=aligned)
         if za.shape != zb.shape:
             raise ConfigError("interpolate between two models of one architecture")
         t = torch.tensor([float(v) for v in ts]).view(-1, 1, 1)

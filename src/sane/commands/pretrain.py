@@ -25,6 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--batch-size", type=int, help="windows per step (default 32)")
     pretrain.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
     pretrain.add_argument("--seed", type=int, help="seed of initialization and windows (default 0)")
+    pretrain.add_argument("--latent-noise", type=float,
+                          help="train the decoder on latents noised by up to this many latent "
+                               "spreads (default 0: plain reconstruction)")
+    pretrain.add_argument("--behaviour", type=float,
+                          help="weight of the behavioural loss: whole decoded models against "
+                               "their originals' outputs on training images (default 0: off)")
     pretrain.add_argument("--device", help="torch device, e.g. cpu (default) or cuda")
     pretrain.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                           help="bf16 autocast or fp32; auto (default): bf16 on CUDA; on a CPU "
@@ -40,7 +46,9 @@ def _pretrain(args: argparse.Namespace) -> None:
 
     config = load_pretrain_config(args.config, preset=args.preset, epochs=args.epochs,
                                   batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                  device=args.device, precision=args.precision)
+                                  latent_noise=args.latent_noise, behaviour=args.behaviour,
+                                  device=args.device,
+                                  precision=args.precision)
     pretrain(args.store, args.out, config)
     if not environment_ranks().main:
         return

@@ -207,11 +207,20 @@ class SANE(nn.Module):
         return self.head(z)
 
     def forward(
-        self, tokens: torch.Tensor, positions: torch.Tensor
+        self, tokens: torch.Tensor, positions: torch.Tensor, latent_noise: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(z, reconstruction, projection)`` of a batch of training windows."""
+        """``(z, reconstruction, projection)`` of a batch of training windows ``tokens
+        [B, W, d_t]``; with ``latent_noise``, the reconstruction is decoded from ``z`` plus
+        Gaussian noise of standard deviation ``u · latent_noise · spread`` (``u ~ U(0, 1)`` per
+        window, ``spread`` the per-dimension standard deviation of ``z`` over the batch and
+        its tokens, averaged, not differentiated)."""
         z = self.encode(tokens, positions)
-        return z, self.decode(z, positions), self.project(z)
+        decoded_from = z
+        if latent_noise > 0:
+            spread = z.detach().flatten(0, 1).float().std(dim=0, correction=0).mean()
+            scale = latent_noise * spread * torch.rand(len(z), 1, 1, device=z.device)
+            decoded_from = z + scale.to(z.dtype) * torch.randn_like(z)
+        return z, self.decode(decoded_from, positions), self.project(z)
 
     def halo_defaults(self) -> tuple[int, int]:
         """``(window, halo)`` for whole sequences: spans as long as a training window, a

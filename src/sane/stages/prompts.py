@@ -84,11 +84,11 @@ class Prompts:
         return net
 
 
-def store_prompts(store: TokenStore, count: int, epoch: int | None = None, *,
+def store_prompts(store: TokenStore, count: int | None, epoch: int | None = None, *,
                   best: bool = False, dataset: str | None = None, root: str | None = None
                   ) -> Prompts:
-    """Prompts from the store (:func:`prompt_rows`), for its zoo's task or ``dataset``, with
-    every training model at the same epochs."""
+    """Prompts from the store (:func:`prompt_rows`; ``count`` None: every training model),
+    for its zoo's task or ``dataset``, with every training model at the same epochs."""
     rows = prompt_rows(store, count, epoch, best=best)
     everyone = prompt_rows(store, None, epoch)
     training: dict[int, list[dict[str, torch.Tensor]]] = {}

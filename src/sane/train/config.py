@@ -26,6 +26,16 @@ class PretrainConfig:
     embedding tables. ``gamma`` weighs the contrastive loss against reconstruction,
     ``temperature`` is NT-Xent's. ``noise`` is the multiplicative noise of both views;
     ``permute`` makes the second view a random permutation of the aligned model.
+    ``latent_noise`` trains the decoder on noised latents: each window's latents get Gaussian
+    noise of standard deviation ``u · latent_noise`` times the batch's latent spread (``u``
+    uniform in [0, 1] per window; the spread as the sampler measures it,
+    :func:`sane.downstream.sampling.latent_spread`) before decoding, so that the decoder
+    learns to map a neighbourhood of a model's latents to that model; 0 (the default) is
+    plain reconstruction. The contrastive projection sees the clean latents.
+    ``behaviour`` weighs a behavioural loss added to each step (:mod:`sane.train.behaviour`:
+    ``behaviour_models`` whole training models decoded and compared with their originals by
+    their outputs on ``behaviour_images`` of the zoo's training images); 0 (the default)
+    leaves it out. One process only, for stores of one architecture without batch norm.
     ``windows_per_checkpoint`` (default ``ceil(tokens / window_size)``, about covering every
     model once per epoch) sets the epoch length. ``device`` is a torch device string.
     ``precision`` is ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"``: bf16 on CUDA, and on a
@@ -43,6 +53,10 @@ class PretrainConfig:
     temperature: float = 0.1
     noise: float = 0.1
     permute: bool = True
+    latent_noise: float = 0.0
+    behaviour: float = 0.0
+    behaviour_models: int = 4
+    behaviour_images: int = 64
     windows_per_checkpoint: int | None = None
     seed: int = 0
     device: str = "cpu"
@@ -62,6 +76,10 @@ class PretrainConfig:
         check(0 <= self.gamma <= 1, "gamma", "in [0, 1]")
         check(self.temperature > 0, "temperature", "positive")
         check(self.noise >= 0, "noise", "non-negative")
+        check(self.latent_noise >= 0, "latent_noise", "non-negative")
+        check(self.behaviour >= 0, "behaviour", "non-negative")
+        check(self.behaviour_models >= 1, "behaviour_models", "positive")
+        check(self.behaviour_images >= 1, "behaviour_images", "positive")
         check(self.windows_per_checkpoint is None or self.windows_per_checkpoint >= 1,
               "windows_per_checkpoint", "positive")
         check(self.precision in ("auto", "fp32", "bf16"), "precision",

@@ -40,6 +40,7 @@ from sane.locking import writer_lock
 from sane.model.losses import nt_xent, squared_sums
 from sane.model.sane import SANE, SANEConfig, describe, usable_device
 from sane.run import Run
+from sane.train.behaviour import BehaviourLoss
 from sane.train.config import PretrainConfig, model_config
 from sane.train.distributed import (
     Ranks,
@@ -149,6 +150,12 @@ def _run(store: TokenStore | StoreSet, train: WindowSampler, out: Path, config: 
     if progress and not history:
         print(describe(model))
     val = _validation_sampler(store, train.config, config.seed) if ranks.main else None
+    behaviour = None
+    if config.behaviour > 0:
+        if ranks.distributed or not isinstance(store, TokenStore):
+            raise ConfigError("the behavioural loss runs in one process on one token store")
+        behaviour = BehaviourLoss(store, models=config.behaviour_models,
+                                  images=config.behaviour_images)
 
     bar = tqdm(total=config.epochs * len(train), initial=len(history) * len(train),
                desc="pretraining", unit="step", disable=not progress)
@@ -160,7 +167,7 @@ def _run(store: TokenStore | StoreSet, train: WindowSampler, out: Path, config: 
             torch.manual_seed(config.seed * 1_000_003 + epoch + ranks.rank * 7_919)
             record = {"epoch": epoch, "lr": scheduler.get_last_lr()[0]}
             record |= _train_epoch(trained, train.epoch(epoch), optimizer, scheduler, config,
-                                   device, ranks, bar, epoch)
+                                   device, ranks, bar, epoch, behaviour)
         if ranks.main:
             if val is not None:
                 record |= _evaluate(model, val, config, device)
@@ -277,7 +284,8 @@ def _step_loss(model: torch.nn.Module, batch: WindowBatch, config: PretrainConfi
     views, b = tokens.shape[:2]
     positions = batch.positions[share].to(device).repeat(views, 1, 1)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-        _, reconstruction, projection = model(tokens.flatten(0, 1), positions)
+        _, reconstruction, projection = model(tokens.flatten(0, 1), positions,
+                                              config.latent_noise if model.training else 0.0)
     reconstruction = reconstruction.float().view_as(tokens)
     mask = batch.mask[share].to(device)
     errors = ((reconstruction - tokens) ** 2 * mask.expand_as(tokens)).sum()
@@ -302,11 +310,20 @@ def _step_loss(model: torch.nn.Module, batch: WindowBatch, config: PretrainConfi
 
 def _train_epoch(model: torch.nn.Module, batches: Any, optimizer: torch.optim.Optimizer,
                  scheduler: Any, config: PretrainConfig, device: torch.device, ranks: Ranks,
-                 bar: tqdm, epoch: int) -> dict[str, float]:
+                 bar: tqdm, epoch: int, behaviour: BehaviourLoss | None = None
+                 ) -> dict[str, float]:
     model.train()
     sums: dict[str, float] = {}
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
     for step, batch in enumerate(batches, 1):
         to_backpropagate, losses = _step_loss(model, batch, config, device, ranks)
+        if behaviour is not None:
+            with torch.autocast(device.type, dtype=torch.bfloat16,
+                                enabled=config.precision == "bf16"):
+                behaviour_loss = behaviour(model, generator)
+            to_backpropagate = to_backpropagate + config.behaviour * behaviour_loss
+            losses["behaviour"] = behaviour_loss.detach()
+            losses["loss"] = losses["loss"] + config.behaviour * losses["behaviour"]
         if not torch.isfinite(losses["loss"]):
             raise FormatError(f"pretraining diverged: the loss is {losses['loss'].item()} at "
                               f"epoch {epoch}, step {step}; lower lr (now {config.lr})")
@@ -358,7 +375,7 @@ def _accumulate(sums: dict[str, float], losses: dict[str, torch.Tensor]) -> None
 def _means(sums: dict[str, float], split: str) -> dict[str, float]:
     """Mean losses per step and the explained variance ``1 - sum(SSE) / sum(SST)``."""
     means = {f"{split}_{k}": sums[k] / sums["steps"]
-             for k in ("loss", "reconstruction", "contrast")}
+             for k in ("loss", "reconstruction", "contrast", "behaviour") if k in sums}
     means[f"{split}_r2"] = 1 - sums["sse"] / max(sums["sst"], 1e-30)
     return means
 
