@@ -6,7 +6,7 @@ The reference is the one ``sane probe RUN --out PROBES`` fits on its store's tra
 (:func:`sane.stages.embed.ood_flags`). Printed per zoo and epoch range: the share of
 checkpoints flagged in any space, and in the SANE and sW-layer spaces alone.
 
-Measured for the README (after ``sane reproduce --scale fmnist-seed --out
+Measured for docs/results.md (after ``sane reproduce --scale fmnist-seed --out
 runs/reproduce-fmnist-seed``, ``sane reproduce --scale quick --out runs/reproduce-quick``,
 ``sane zoo train benchmarks/configs/digits-fmnist-recipe.toml --out runs/ood-digits-recipe``
 and ``sane probe runs/reproduce-fmnist-seed/sane --out runs/ood-probes``)::

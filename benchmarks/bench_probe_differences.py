@@ -6,7 +6,7 @@ resamples of the test *models* (a drawn model brings all its checkpoints, as in
 :mod:`sane.downstream.intervals`); both sets are scored on the same resample, so the
 interval is that of the difference, narrower than two separate intervals suggest.
 
-Measured for the README (after ``sane probe runs/reproduce-fmnist-seed/sane --out
+Measured for docs/results.md (after ``sane probe runs/reproduce-fmnist-seed/sane --out
 runs/probe-fmnist-seed-nfn --features W,sW-layer,SANE,SANE+std,NFN``, the same for
 ``quick``)::
 

@@ -26,7 +26,7 @@ from sane.weights.store import TokenStore
 SANE_FEATURES = ("SANE", "SANE+std")
 # How many random permutations of a model its SANE embedding is averaged over, besides the
 # model as aligned: SANE is only approximately invariant to permutations, and the average
-# predicts properties better (README, "SANE against s(W)").
+# predicts properties better (docs/results.md, "SANE against s(W)").
 PERMUTATIONS = 16
 # W holds every weight of every checkpoint in float64: refuse what would not fit comfortably.
 MAX_BASELINE_BYTES = 4 * 2**30

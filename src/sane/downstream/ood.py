@@ -12,9 +12,10 @@ farther from the zoo than 99 % of the zoo's models lie from each other, so a pro
 for it extrapolates. Its ``distance`` is the largest ratio of distance to threshold over the
 spaces (above 1: flagged).
 
-Why two spaces (measured; README, ``sane probe``): the SANE embedding of CNN-s trained
-on digits with the zoo's own Fashion-MNIST recipe lies as close to the zoo as its held-out
-models do, while their per-layer weight statistics lie beyond the threshold.
+Why two spaces (measured; docs/results.md, out-of-distribution flags): the SANE embedding
+of CNN-s trained on digits with the zoo's own Fashion-MNIST recipe lies as close to the zoo
+as its held-out models do, while their per-layer weight statistics lie beyond the
+threshold.
 
 Saved with a pretraining run as ``RUN/ood.json`` (thresholds, percentile, models) and one
 ``RUN/ood-<space>.npy`` per space (the reference features ``[M, d]`` float64).

@@ -89,7 +89,7 @@ class SANEConfig:
 # blocks, 128 latent dimensions, windows of 64 / 256 tokens); "tiny" trains in seconds on
 # a CPU, for tests; "cpu" (the pretraining default) is sized for CNN zoos on a CPU, with a
 # latent as wide as a CNN-s token (201 values), so that whole held-out models decode to
-# working networks (see the README's measurements).
+# working networks (measured: docs/results.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"d_model": 64, "n_heads": 4, "n_layers": 2, "d_latent": 16, "window_size": 16},
     "cpu": {"d_model": 256, "n_heads": 8, "n_layers": 2, "d_latent": 256, "window_size": 16},
