@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "OUT/report.md. Resumes if interrupted.",
     )
     reproduce.add_argument("--scale", choices=sorted(SCALES), default="quick",
-                           help="demo: the `sane demo` run, about 30 s; quick: digits "
+                           help="demo: the `sane demo` run, a few minutes; quick: digits "
                            "hyperparameter zoo, minutes; fmnist-seed: "
                            "Fashion-MNIST seed zoo, Table 3's setting, about an hour; fmnist: "
                            "Fashion-MNIST hyperparameter zoo, about an hour")
