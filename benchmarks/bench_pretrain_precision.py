@@ -29,7 +29,7 @@ from sane.model import PRESETS, SANE, SANEConfig
 from sane.model.losses import sane_loss
 
 
-def _load() -> str:
+def load_average() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
 
@@ -120,7 +120,7 @@ def main() -> None:
         for dtype, values in peaks.items():
             values.append(matmul_peak(dtype))
         print(f"matmul peak fp32 {peaks[torch.float32][-1] / 1e9:.0f}, bf16 "
-              f"{peaks[torch.bfloat16][-1] / 1e9:.0f} GFLOP/s (load average {_load()})")
+              f"{peaks[torch.bfloat16][-1] / 1e9:.0f} GFLOP/s (load average {load_average()})")
 
     if cpu:
         measure_peaks()

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench_pretrain_precision import load_average
+from bench_pretrain_precision import matmul_peak as float32_peak
 from sane.data import load_dataset
 from sane.zoo.architectures import ArchConfig, build_model
 from sane.zoo.config import PopulationConfig
@@ -82,22 +84,10 @@ def forward_flops(arch: ArchConfig) -> int:
     return total
 
 
-def _load() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
-def matmul_peak(threads: int, n: int = 2048, repeats: int = 10) -> float:
-    """Best float32 FLOP/s of an ``n × n`` matmul with ``threads`` threads."""
+def matmul_peak(threads: int) -> float:
+    """Best float32 FLOP/s of a 2048 × 2048 matmul with ``threads`` threads."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+    return float32_peak(torch.float32, repeats=10)
 
 
 # -- methods: each returns (models·epochs trained, seconds) ---------------------------------
@@ -273,7 +263,7 @@ def main() -> None:
         if round_:
             peaks.append(matmul_peak(args.threads))
         print(f"  round {round_ + 1} matmul peak {peaks[-1] / 1e9:.1f} GFLOP/s, load average "
-              f"{_load()}", flush=True)
+              f"{load_average()}", flush=True)
         for method in methods:
             try:
                 model_epochs, seconds = METHODS[method](x, y, args)
@@ -285,7 +275,7 @@ def main() -> None:
                   f"{seconds:7.1f} s", flush=True)
     peak = max(peaks)
     print(f"\nfloat32 matmul peak ({args.threads} threads) best {peak / 1e9:.1f}, median "
-          f"{statistics.median(peaks) / 1e9:.1f} GFLOP/s; load average {_load()}")
+          f"{statistics.median(peaks) / 1e9:.1f} GFLOP/s; load average {load_average()}")
     print(f"{'method':17s} {'best m·e/s':>11s} {'median':>8s} {'s/model-epoch':>14s} "
           f"{'vs plain':>9s} {'GFLOP/s':>8s} {'of peak':>8s}  vs plain, round by round")
     plain = max(rates.get("plain") or [float("nan")])
