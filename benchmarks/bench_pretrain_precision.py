@@ -6,7 +6,12 @@ random CNN-s-sized windows (tokens of 201 values), timed over ``--steps`` steps 
 ``--warmup``; ``precision = "bf16"`` is worth its setting where its ratio is above 1. The
 FLOPs of one step are counted once per preset (``torch.utils.flop_counter``: matrix
 products and attention, forward and backward); ``--peak-tflops`` (the device's dense bf16
-peak, e.g. 989 for an H100/H200 SXM) turns the bf16 rate into a model FLOP utilization.
+peak, e.g. 989 for an H100/H200 SXM) turns the bf16 rate into a model FLOP utilization; on
+a CPU, where no datasheet peak applies, the float32 and bfloat16 peaks of a square matmul are
+measured in the same run, before and after the presets, and each rate is printed as a fraction
+of its precision's peak (the load average is printed beside them: the machine may be shared).
+On a busy machine, run it with ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads that spin while a
+core is taken by another process made a 2-thread step 13× slower here (measured).
 Run: ``.venv/bin/python benchmarks/bench_pretrain_precision.py [--presets tiny,cpu,small]
 [--device cuda --presets cnn --batch 256 --peak-tflops 989]``.
 """
@@ -14,6 +19,7 @@ Run: ``.venv/bin/python benchmarks/bench_pretrain_precision.py [--presets tiny,c
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -21,6 +27,23 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sane.model import PRESETS, SANE, SANEConfig
 from sane.model.losses import sane_loss
+
+
+def load_average() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Best FLOP/s of an ``n × n`` CPU matmul in ``dtype`` with the current threads."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
 
 
 class Step:
@@ -79,27 +102,47 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads")
     parser.add_argument("--peak-tflops", type=float,
                         help="the device's dense bf16 peak, for the FLOP utilization")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cpu":
-        torch.set_num_threads(2)
+        torch.set_num_threads(args.threads)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {name}, batch {args.batch}")
-    print("| preset | fp32 steps/s | bf16 steps/s | bf16 / fp32 | GFLOP/step | bf16 TFLOP/s "
-          "| bf16 MFU |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"torch {torch.__version__}, {name}, batch {args.batch}, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
+    cpu = device.type == "cpu"
+    peaks: dict[torch.dtype, list[float]] = {torch.float32: [], torch.bfloat16: []}
+
+    def measure_peaks() -> None:
+        for dtype, values in peaks.items():
+            values.append(matmul_peak(dtype))
+        print(f"matmul peak fp32 {peaks[torch.float32][-1] / 1e9:.0f}, bf16 "
+              f"{peaks[torch.bfloat16][-1] / 1e9:.0f} GFLOP/s (load average {load_average()})")
+
+    if cpu:
+        measure_peaks()
+    rows = []
     for preset in args.presets.split(","):
         step = Step(preset, args.batch, device)
         flops = step.flops()
         fp32 = step.per_second("fp32", args.steps, args.warmup)
         bf16 = step.per_second("bf16", args.steps, args.warmup)
-        rate = flops * bf16 / 1e12
-        mfu = "–" if args.peak_tflops is None else f"{rate / args.peak_tflops:.1%}"
+        rows.append((preset, flops, fp32, bf16))
+    if cpu:
+        measure_peaks()
+    print("| preset | fp32 steps/s | bf16 steps/s | bf16 / fp32 | GFLOP/step | fp32 GFLOP/s "
+          "| of fp32 peak | bf16 GFLOP/s | of bf16 peak | bf16 MFU |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    fp32_peak, bf16_peak = (max(v) if v else float("nan") for v in peaks.values())
+    for preset, flops, fp32, bf16 in rows:
+        rate = flops * bf16
+        mfu = "–" if args.peak_tflops is None else f"{rate / 1e12 / args.peak_tflops:.1%}"
         print(f"| {preset} | {fp32:.2f} | {bf16:.2f} | {bf16 / fp32:.2f}× | {flops / 1e9:.1f} "
-              f"| {rate:.3f} | {mfu} |", flush=True)
+              f"| {flops * fp32 / 1e9:.1f} | {flops * fp32 / fp32_peak:.1%} "
+              f"| {rate / 1e9:.1f} | {rate / bf16_peak:.1%} | {mfu} |", flush=True)
 
 
 if __name__ == "__main__":

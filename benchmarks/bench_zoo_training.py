@@ -21,7 +21,8 @@ activations and the optimizer are not counted.
 
 Run: ``.venv/bin/python benchmarks/bench_zoo_training.py [--train-size 6000] [--epochs 1]``.
 Timing is noisy on a shared machine: ``--rounds R`` repeats every method R times,
-interleaved, and reports the best and the median round.
+interleaved, and reports the best and the median round; the matmul peak is measured again in
+every round, beside the methods, and the load average is printed with each round.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench_pretrain_precision import load_average
+from bench_pretrain_precision import matmul_peak as float32_peak
 from sane.data import load_dataset
 from sane.zoo.architectures import ArchConfig, build_model
 from sane.zoo.config import PopulationConfig
@@ -81,17 +84,10 @@ def forward_flops(arch: ArchConfig) -> int:
     return total
 
 
-def matmul_peak(threads: int, n: int = 2048, repeats: int = 10) -> float:
-    """Best float32 FLOP/s of an ``n × n`` matmul with ``threads`` threads."""
+def matmul_peak(threads: int) -> float:
+    """Best float32 FLOP/s of a 2048 × 2048 matmul with ``threads`` threads."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+    return float32_peak(torch.float32, repeats=10)
 
 
 # -- methods: each returns (models·epochs trained, seconds) ---------------------------------
@@ -256,15 +252,18 @@ def main() -> None:
         parser.error(f"unknown methods {sorted(unknown)}")
 
     x, y = load_images(args.train_size)
-    peak = matmul_peak(args.threads)
+    peaks = [matmul_peak(args.threads)]
     flops_per_image = 3 * forward_flops(ARCH)
     print(f"CNN-s on {len(y)} Fashion-MNIST images, batch {args.batch_size}, Adam, "
           f"{args.epochs} epoch(s), {args.threads} threads; population: {args.models} models in "
           f"groups of {args.group_size}; {args.alone} one at a time")
-    print(f"matmul peak {peak / 1e9:.1f} GFLOP/s; training {flops_per_image / 1e6:.3f} "
-          f"MFLOP per image")
+    print(f"training {flops_per_image / 1e6:.3f} MFLOP per image")
     rates: dict[str, list[float]] = {m: [] for m in methods}
     for round_ in range(args.rounds):
+        if round_:
+            peaks.append(matmul_peak(args.threads))
+        print(f"  round {round_ + 1} matmul peak {peaks[-1] / 1e9:.1f} GFLOP/s, load average "
+              f"{load_average()}", flush=True)
         for method in methods:
             try:
                 model_epochs, seconds = METHODS[method](x, y, args)
@@ -274,9 +273,11 @@ def main() -> None:
             rates[method].append(model_epochs / seconds)
             print(f"  round {round_ + 1} {method:17s} {model_epochs:5.0f} model-epochs in "
                   f"{seconds:7.1f} s", flush=True)
-    print()
+    peak = max(peaks)
+    print(f"\nfloat32 matmul peak ({args.threads} threads) best {peak / 1e9:.1f}, median "
+          f"{statistics.median(peaks) / 1e9:.1f} GFLOP/s; load average {load_average()}")
     print(f"{'method':17s} {'best m·e/s':>11s} {'median':>8s} {'s/model-epoch':>14s} "
-          f"{'vs plain':>9s} {'GFLOP/s':>8s} {'of peak':>8s}")
+          f"{'vs plain':>9s} {'GFLOP/s':>8s} {'of peak':>8s}  vs plain, round by round")
     plain = max(rates.get("plain") or [float("nan")])
     for method, values in rates.items():
         if not values:
@@ -284,7 +285,8 @@ def main() -> None:
         best = max(values)
         achieved = best * len(y) * flops_per_image
         print(f"{method:17s} {best:11.4f} {statistics.median(values):8.4f} {1 / best:14.2f} "
-              f"{best / plain:8.2f}x {achieved / 1e9:8.2f} {achieved / peak:8.1%}")
+              f"{best / plain:8.2f}x {achieved / 1e9:8.2f} {achieved / peak:8.1%}  "
+              + " ".join(f"{v / p:.2f}x" for v, p in zip(values, rates.get("plain", []))))
 
 
 if __name__ == "__main__":

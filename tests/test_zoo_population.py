@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 
+from sane.zoo import population
 from sane.zoo.architectures import ArchConfig, build_model
 from sane.zoo.population import (
     DROPOUT_STREAM,
@@ -50,6 +51,21 @@ def test_stacked_net_computes_each_models_own_function(arch):
     for state, model in zip(net.state_dicts(), models):
         assert list(state) == list(model.state_dict())
         assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_fast_tanh_matches_torch_tanh_and_its_gradient():
+    x = torch.cat([torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 4,
+                   torch.logspace(-8, 2, 200), -torch.logspace(-8, 2, 200), torch.zeros(1)])
+    x.requires_grad_(True)
+    ours = population._Tanh.apply(x)
+    theirs = torch.tanh(x)
+    torch.testing.assert_close(ours, theirs, rtol=3e-7, atol=0)
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    (grad_ours,) = torch.autograd.grad(ours, x, g)
+    (grad_theirs,) = torch.autograd.grad(theirs, x, g)
+    # 1 - y² cancels where |y| is near 1: an ulp of y there is an absolute error of 2 ulp(1).
+    torch.testing.assert_close(grad_ours, grad_theirs, rtol=1e-6,
+                               atol=4 * 2**-23 * float(g.abs().max()))
 
 
 def test_stacked_optimizer_matches_torch_adam_and_sgd():

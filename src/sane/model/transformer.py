@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sane.errors import FormatError
 
@@ -27,8 +28,15 @@ class SelfAttention(nn.Module):
         b, w, d = x.shape
         q, k, v = (t.view(b, w, self.n_heads, d // self.n_heads).transpose(1, 2)
                    for t in self.qkv(x).split(d, dim=2))
-        y = F.scaled_dot_product_attention(q, k, v,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        p = self.dropout if self.training else 0.0
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+            # On CPU, the fused bf16 kernel's backward costs half a pretraining step on
+            # windows this short; the plain one is twice as fast overall (measured in
+            # benchmarks/bench_pretrain_precision.py, torch 2.13: 6 -> 12 steps/s, preset cpu).
+            with sdpa_kernel(SDPBackend.MATH):
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         return F.dropout(self.proj(y.transpose(1, 2).reshape(b, w, d)), self.dropout,
                          self.training)
 

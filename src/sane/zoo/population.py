@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -147,6 +148,8 @@ class StackedNet:
                 self.ops.append(_Op(kind, layer, (first, second)))
             elif isinstance(layer, nn.Flatten):
                 self.ops.append(_Op("flatten"))
+            elif isinstance(layer, nn.Tanh):
+                self.ops.append(_Op("tanh"))
             else:
                 self.ops.append(_Op("pool" if isinstance(layer, _POOL_TYPES) else "act", layer))
             probs = [after[i] for _, after in per_model]
@@ -225,12 +228,35 @@ class StackedNet:
                 if layout == "channels":
                     h = h.reshape(h.shape[0], self.k, -1).transpose(0, 1)
                     layout = "features"
+            elif op.kind == "tanh":
+                # The fast tanh pays off on convolution outputs, not on a few features.
+                h = _Tanh.apply(h) if layout == "channels" else torch.tanh(h)
             elif op.kind == "dropout":
                 if dropout is not None:
                     h = _drop(h, layout, self.dropout[op.site], dropout)
             else:
                 h = op.module(h)
         return h
+
+
+class _Tanh(torch.autograd.Function):
+    """``tanh`` as ``expm1(2x) / (expm1(2x) + 2)``: within 2 ulp of ``torch.tanh`` and about
+    twice as fast on CPU, where torch's tanh is several times slower than its ``expm1``
+    (measured on one thread: 0.6 against 1.0–1.2 ms for CNN-s's first activation of 6 models
+    at batch 64, a few percent of the training step). The gradient is torch's own formula,
+    ``grad · (1 - y²)``. Inputs are clamped to ±9, where float32 tanh is already ±1."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        e = x.mul(2).clamp_(-18, 18).expm1_()
+        y = e.div_(e + 2)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
 
 
 def _drop(h: torch.Tensor, layout: str, probs: torch.Tensor,
