@@ -154,6 +154,12 @@ def test_imports_flow_one_way():
     assert not upward, "imports against the layer order:\n" + "\n".join(upward)
 
 
+def test_the_tokenizer_takes_state_dicts_not_a_zoo():
+    # fitting on a zoo is sane.weights.zoo_tokenizer's; the tokenizer knows state dicts only
+    assert not {m for m in _import_graph(type_checking=True)["sane.weights.tokenizer"]
+                if _layer(m) == "zoo"}
+
+
 def test_no_import_cycles():
     # a package counts as the module of its __init__: ``from sane.zoo import Zoo`` inside
     # sane.zoo.storage would be a cycle through sane/zoo/__init__.py

@@ -38,7 +38,8 @@ from sane.weights.permutations import permutation_spec
 from sane.weights.positions import relative_positions
 from sane.weights.store import TokenStore
 from sane.weights.tokenize import tokenize_into
-from sane.weights.tokenizer import Tokenizer, fit_zoo
+from sane.weights.tokenizer import Tokenizer
+from sane.weights.zoo_tokenizer import fit_zoo
 from sane.zoo import ArchConfig, Zoo, build_model
 from sane.zoo.architectures import input_shape
 from sane.zoo.evaluation import zoo_data
