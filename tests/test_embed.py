@@ -27,6 +27,7 @@ from sane.weights.permutations import embedding_views
 from sane.weights.store import StoreSettings, TokenStore, prepare_store
 from sane.weights.tokenize import tokenize_into
 from sane.weights.tokenizer import Tokenizer
+from sane.weights.zoo_tokenizer import fit_zoo
 from sane.zoo import ArchConfig, Zoo, build_model
 
 
@@ -173,15 +174,22 @@ def test_an_embedding_averages_the_aligned_model_and_fixed_random_permutations(
 
 
 def test_a_tokenizer_fitted_on_a_zoo_is_the_store_s(trained_store):
-    fitted = Tokenizer.fit(trained_store.zoo_path, align=True)
+    fitted = fit_zoo(trained_store.zoo_path, align=True).tokenizer
     store = trained_store.tokenizer
     assert fitted.manifest == store.manifest
     assert fitted.standardization == store.standardization
     _assert_equal(fitted.reference, store.reference)
-    state = Zoo.open(trained_store.zoo_path).load_checkpoint("m0003", 2)
+    zoo = Zoo.open(trained_store.zoo_path)
+    state = zoo.load_checkpoint("m0003", 2)
     assert torch.equal(fitted.encode(state), store.encode(state))
-    plain = Tokenizer.fit(trained_store.zoo_path, epochs=[3])
-    assert plain.reference is None and plain.standardization != store.standardization
+    plain = fit_zoo(zoo, epochs=[3])
+    assert plain.tokenizer.reference is None
+    assert plain.tokenizer.standardization != store.standardization
+    # the tokenizer itself takes state dicts: the zoo's training checkpoints give the same
+    model = build_model(plain.layout.arch)
+    train = [plain.load(m, e) for m, e, split in plain.rows if split == "train"]
+    assert Tokenizer.fit(model, train, seed=0) == plain.tokenizer
+    assert Tokenizer.fit(model, train, reference=store.reference).spec == store.spec
 
 
 def test_a_tokenizer_makes_any_range_of_its_tokens_and_decodes_pieces(trained_store):

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 import sane.downstream.features as features_module
-from sane.cli import main
+from sane.cli import build_parser, main
 from sane.downstream import (
     LinearProbe,
     baseline_features,
     markdown_table,
     probe_table,
 )
+from sane.downstream.features import FeatureSet
 from sane.downstream.probes import class_markdown_table, class_probe_table
 from sane.errors import ConfigError, FormatError
 from sane.pipeline import Pipeline
@@ -136,8 +137,10 @@ def test_baselines_read_the_store_checkpoints(random_store, monkeypatch):
     np.testing.assert_array_equal(baseline_features(random_store, "sW-layer"),
                                   BASELINES["sW-layer"](states))
     assert baseline_features(random_store, "W").shape == (36, 2464)
-    with pytest.raises(ConfigError, match="unknown baseline 'V'"):
+    with pytest.raises(ConfigError, match=r"unknown feature set 'V'; known: SANE, SANE\+std, W"):
         baseline_features(random_store, "V")
+    with pytest.raises(ConfigError, match="SANE is no weight baseline"):
+        baseline_features(random_store, "SANE")
     monkeypatch.setattr(features_module, "MAX_BASELINE_BYTES", 1000)
     with pytest.raises(ConfigError, match=r"W baseline .* would need"):
         baseline_features(random_store, "W")
@@ -195,6 +198,22 @@ def test_sane_std_features_are_the_mean_and_spread_of_the_token_latents(random_s
     np.testing.assert_array_equal(pipe.embed(states), pipe.embed(states, spread=True)[:, :16])
 
 
+def test_feature_sets_are_named_once():
+    # the names results record on disk, each parsed to its member, an unknown one refused
+    # naming every known one
+    assert [f.value for f in FeatureSet] == ["SANE", "SANE+std", "W", "sW-tensor-var",
+                                             "sW-tensor-std", "sW-layer", "NFN"]
+    assert FeatureSet.parse("SANE+std") is FeatureSet.SANE_STD == "SANE+std"
+    assert FeatureSet.parse(FeatureSet.W) is FeatureSet.W
+    assert json.dumps({FeatureSet.SW_LAYER: [FeatureSet.NFN]}) == '{"sW-layer": ["NFN"]}'
+    assert {f for f in FeatureSet if f.is_baseline} == set(BASELINES)
+    assert [f for f in FeatureSet if f.from_sane] == [FeatureSet.SANE, FeatureSet.SANE_STD]
+    with pytest.raises(ConfigError) as error:
+        FeatureSet.parse("sW")
+    assert str(error.value) == ("unknown feature set 'sW'; known: SANE, SANE+std, W, "
+                                "sW-tensor-var, sW-tensor-std, sW-layer, NFN")
+
+
 def test_cli_probe(random_store, tiny_run, tmp_path, capsys):
     out, _ = tiny_run
     assert main(["probe", str(out), "--out", str(tmp_path / "a"), "--features", "SANE",
@@ -205,6 +224,13 @@ def test_cli_probe(random_store, tiny_run, tmp_path, capsys):
     assert not (tmp_path / "b" / "embeddings.npy").exists()
     assert main(["probe", "--store", str(random_store.path), "--out", str(tmp_path / "c")]) == 2
     assert "need a pretraining run" in capsys.readouterr().err
+    assert main(["probe", "--store", str(random_store.path), "--out", str(tmp_path / "d"),
+                 "--features", "sW-layer,S"]) == 2
+    assert "unknown feature set 'S'; known: SANE, SANE+std" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+    commands = next(a for a in build_parser()._actions if a.choices and "probe" in a.choices)
+    option = next(a for a in commands.choices["probe"]._actions if a.dest == "features")
+    assert all(f"{f}," in option.help or f"{f} (" in option.help for f in FeatureSet)
 
 
 def test_probe_predicts_another_zoo_and_flags_models_unlike_the_training_zoo(random_store,

@@ -1,7 +1,11 @@
 """sane: weight-space learning with SANE (Sequential Autoencoder for Neural Embeddings).
 
-Data flows one way: ``data -> zoo -> weights -> train -> downstream``; each stage reads and
-writes files on disk so that the ``sane`` command can resume from any of them.
+Data flows one way. A module imports only from its own layer or lower ones, lowest first:
+the top-level helpers (``sane.errors``, ``sane.atomic``, ``sane.settings``, ...), ``data``,
+``zoo``, ``weights``, ``model``, ``downstream``, ``run``, ``pipeline``, ``train``, ``stages``,
+``reproduce``, and the ``sane`` command (``commands``, ``cli``); no two modules import each
+other (``tests/test_layering.py``). Each stage reads and writes files on disk so that the
+``sane`` command can resume from any of them.
 """
 
 __version__ = "0.1.0"

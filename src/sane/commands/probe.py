@@ -42,12 +42,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _probe(args: argparse.Namespace) -> None:
-    from sane.downstream.features import SANE_FEATURES
+    from sane.downstream.features import FeatureSet
     from sane.errors import ConfigError
     from sane.stages.probe import FEATURES, predict_properties
 
-    features = _names(args.features)
-    if set(SANE_FEATURES) & set(FEATURES if features is None else features) and args.run is None:
+    names = _names(args.features)
+    features = None if names is None else FeatureSet.parse_all(names)
+    if any(f.from_sane for f in (FEATURES if features is None else features)) \
+            and args.run is None:
         raise ConfigError("the SANE features need a pretraining run: sane probe RUN --out DIR "
                           "(or --features without SANE and --store STORE)")
     result = predict_properties(args.run, args.out, store=args.store, predict=args.predict,

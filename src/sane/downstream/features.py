@@ -1,8 +1,8 @@
-"""Feature sets of model checkpoints: the names, the weight baselines ``W`` / ``s(W)`` of a
-token store's checkpoints, the ``SANE+std`` statistics of token latents, and the NFN probe's
-predictions (a network trained on the store's checkpoints). SANE embeddings themselves come
-from the one engine (:meth:`sane.pipeline.Pipeline.embed`; a store's checkpoints:
-:func:`sane.stages.features.store_features`).
+"""Feature sets of model checkpoints: their names (:class:`FeatureSet`), the weight baselines
+``W`` / ``s(W)`` of a token store's checkpoints, the ``SANE+std`` statistics of token latents,
+and the NFN probe's predictions (a network trained on the store's checkpoints). SANE
+embeddings themselves come from the one engine (:meth:`sane.pipeline.Pipeline.embed`; a
+store's checkpoints: :func:`sane.stages.features.store_features`).
 
 The baselines and the NFN probe read the store's checkpoints rebuilt from their tokens
 (de-standardized, in the aligned frame when the store is aligned), so all of them see the
@@ -11,7 +11,8 @@ same models.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from enum import StrEnum
 
 import numpy as np
 import torch
@@ -22,8 +23,46 @@ from sane.errors import ConfigError
 from sane.weights.baselines import BASELINES, sw_layer
 from sane.weights.store import TokenStore
 
-# The feature sets a pretrained SANE computes (the others are weight baselines).
-SANE_FEATURES = ("SANE", "SANE+std")
+
+class FeatureSet(StrEnum):
+    """The name of a feature set, as commands take it and results record it (``probes.json``,
+    ``ood.json``, ``ood-<name>.npy`` hold these strings). A member is its string: it keys
+    dictionaries and compares equal as one."""
+
+    SANE = "SANE"  # the mean token latent of a pretrained SANE
+    SANE_STD = "SANE+std"  # the mean and the spread of the token latents
+    W = "W"  # every weight (sane.weights.baselines)
+    SW_TENSOR_VAR = "sW-tensor-var"
+    SW_TENSOR_STD = "sW-tensor-std"
+    SW_LAYER = "sW-layer"
+    NFN = "NFN"  # the NFN probe's predictions (sane.downstream.nfn_probe)
+
+    @classmethod
+    def parse(cls, name: str) -> FeatureSet:
+        """The feature set called ``name``; :class:`ConfigError` listing the known ones if
+        there is none."""
+        try:
+            return cls(name)
+        except ValueError:
+            raise ConfigError(f"unknown feature set {str(name)!r}; known: "
+                              f"{', '.join(cls)}") from None
+
+    @classmethod
+    def parse_all(cls, names: Iterable[str]) -> tuple[FeatureSet, ...]:
+        """:meth:`parse` of every name, in order."""
+        return tuple(cls.parse(name) for name in names)
+
+    @property
+    def from_sane(self) -> bool:
+        """Computed by a pretrained SANE (the others need only the checkpoints)."""
+        return self in (FeatureSet.SANE, FeatureSet.SANE_STD)
+
+    @property
+    def is_baseline(self) -> bool:
+        """A weight baseline of :data:`sane.weights.BASELINES`."""
+        return self in BASELINES
+
+
 # How many random permutations of a model its SANE embedding is averaged over, besides the
 # model as aligned: SANE is only approximately invariant to permutations, and the average
 # predicts properties better (docs/results.md, "SANE against s(W)").
@@ -39,7 +78,13 @@ def spread_features(latents: torch.Tensor) -> torch.Tensor:
     return torch.cat([latents.mean(dim=1), latents.std(dim=1, correction=0)], dim=1)
 
 
-def baseline_features(store: TokenStore, name: str,
+def sane_features(both: np.ndarray, d_latent: int) -> dict[FeatureSet, np.ndarray]:
+    """``SANE`` ``[M, d_latent]`` and ``SANE+std`` ``[M, 2·d_latent]`` of embeddings with
+    their spread (``both``, :func:`spread_features`)."""
+    return {FeatureSet.SANE: both[:, :d_latent], FeatureSet.SANE_STD: both}
+
+
+def baseline_features(store: TokenStore, name: FeatureSet | str,
                       states: Sequence[dict[str, torch.Tensor]] | None = None) -> np.ndarray:
     """``[M, F]``: the baseline ``name`` (a key of :data:`sane.weights.BASELINES`) of every
     checkpoint of ``store``; ``states`` are those checkpoints when already rebuilt."""
@@ -84,9 +129,11 @@ def nfn_predictions(
             for p, name in enumerate(names)}, probe
 
 
-def check_baseline(store: TokenStore, name: str) -> None:
-    if name not in BASELINES:
-        raise ConfigError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+def check_baseline(store: TokenStore, name: FeatureSet | str) -> None:
+    """:class:`ConfigError` unless ``name`` is a weight baseline the store's checkpoints fit
+    in memory for."""
+    if not FeatureSet.parse(name).is_baseline:
+        raise ConfigError(f"{name} is no weight baseline; the baselines: {', '.join(BASELINES)}")
     size = len(store.rows) * int(store.mask.sum()) * 8
     if name == "W" and size > MAX_BASELINE_BYTES:
         raise ConfigError(f"the W baseline of {store.path} would need {size / 2**30:.1f} GiB; "

@@ -50,8 +50,6 @@ from sane.weights.permutations import PermutationSpec
 if TYPE_CHECKING:
     from nfn.common import WeightSpaceFeatures
 
-NFN = "NFN"  # the name of its row in the probe tables
-
 StateDicts = Sequence[Mapping[str, torch.Tensor]]
 # (validation R², what was selected, the network): the best so far for one property
 Snapshot = tuple[float, dict[str, Any], nn.Module | None]

@@ -31,11 +31,12 @@ from typing import Any
 import numpy as np
 
 from sane import atomic
+from sane.downstream.features import FeatureSet
 from sane.errors import ConfigError, FormatError
 
 FORMAT = "sane-ood-reference"
 VERSION = 2
-SPACES = ("SANE", "sW-layer")
+SPACES = (FeatureSet.SANE, FeatureSet.SW_LAYER)
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class OODReference:
     """``features[space] [M, d]`` of the reference checkpoints, ``models[m]`` the model of row
     ``m``, and per space the flagging ``thresholds`` (the ``percentile`` of nearest-neighbour
     distances in standardized features). ``permutations``: how many random permutations the
-    SANE embeddings average (:func:`sane.downstream.sane_embeddings`); queries must be
+    SANE embeddings average (:meth:`sane.pipeline.Pipeline.embed`); queries must be
     embedded alike."""
 
     features: dict[str, np.ndarray]
@@ -55,15 +56,15 @@ class OODReference:
     def __post_init__(self) -> None:
         if not self.features or set(self.features) - set(SPACES):
             raise ConfigError(f"out-of-distribution spaces must be some of {', '.join(SPACES)}, "
-                              f"got {sorted(self.features)}")
+                              f"got {', '.join(sorted(self.features))}")
         for space, x in self.features.items():
             if x.ndim != 2 or len(x) != len(self.models) or not np.isfinite(x).all():
                 raise FormatError(f"{space} reference features must be finite [M, d] with one "
                                   f"model per row, got {list(x.shape)} and {len(self.models)} "
                                   "models")
         if set(self.thresholds) != set(self.features):
-            raise FormatError(f"thresholds for {sorted(self.thresholds)}, features for "
-                              f"{sorted(self.features)}")
+            raise FormatError(f"thresholds for {', '.join(sorted(self.thresholds))}, "
+                              f"features for {', '.join(sorted(self.features))}")
 
     @classmethod
     def fit(cls, features: Mapping[str, np.ndarray], models: Sequence[str],
@@ -149,9 +150,9 @@ class OODReference:
                               "`sane pretrain` command, which rebuilds it without training")
         meta = atomic.read_manifest(path, FORMAT, VERSION)
         try:
-            spaces = [str(s) for s in meta["spaces"]]
+            spaces = [FeatureSet(str(s)) for s in meta["spaces"]]
             if set(spaces) - set(SPACES):
-                raise ValueError(f"unknown spaces {spaces}")
+                raise ValueError(f"unknown spaces {', '.join(spaces)}")
             models = [str(m) for m in meta["models"]]
             thresholds = {s: float(meta["thresholds"][s]) for s in spaces}
             percentile, permutations = float(meta["percentile"]), int(meta["permutations"])

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from sane.checkpoints import check_weights, read_state_dict
-from sane.downstream.features import PERMUTATIONS
+from sane.downstream.features import PERMUTATIONS, FeatureSet
 from sane.downstream.ood import OODReference
 from sane.errors import FormatError
 from sane.pipeline import Pipeline
@@ -59,12 +59,12 @@ def ood_flags(reference: OODReference, pipe: Pipeline, states: Sequence[dict[str
     """:meth:`OODReference.flags` of checkpoints ``states`` whose embeddings are
     ``embeddings [B, d_z]``: their per-layer weight statistics computed one at a time, in the
     tokenizer's canonical order, when the reference holds them."""
-    queries = {"SANE": embeddings}
-    if "sW-layer" in reference.features:
+    queries = {FeatureSet.SANE: embeddings}
+    if FeatureSet.SW_LAYER in reference.features:
         rows = []
         for state in states:
             tokenizer = pipe.tokenizer(state)
             rows.append(sw_layer([tokenizer.canonical(state)],
                                  include_batchnorm=tokenizer.manifest.include_batchnorm))
-        queries["sW-layer"] = np.concatenate(rows)
+        queries[FeatureSet.SW_LAYER] = np.concatenate(rows)
     return reference.flags(queries)

@@ -12,9 +12,10 @@ from tqdm.auto import tqdm
 
 from sane.downstream.features import (
     PERMUTATIONS,
-    SANE_FEATURES,
+    FeatureSet,
     baseline_features,
     check_baseline,
+    sane_features,
 )
 from sane.errors import ConfigError
 from sane.pipeline import Pipeline
@@ -38,25 +39,26 @@ def store_embeddings(pipe: Pipeline, store: TokenStore, *, rows: np.ndarray | No
     return np.concatenate(parts) if parts else np.empty((0, width))
 
 
-def store_features(store: TokenStore, names: Sequence[str], pipe: Pipeline | None = None, *,
-                   progress: bool = True, permutations: int = PERMUTATIONS
-                   ) -> dict[str, np.ndarray]:
+def store_features(store: TokenStore, names: Sequence[FeatureSet | str],
+                   pipe: Pipeline | None = None, *, progress: bool = True,
+                   permutations: int = PERMUTATIONS) -> dict[FeatureSet, np.ndarray]:
     """``{name: [M, F]}`` for each name: ``"SANE"`` (the embedding; needs ``pipe``),
     ``"SANE+std"`` (the embedding and the spread of the token latents), each averaged over
     ``permutations`` random permutations, or a baseline."""
+    names = FeatureSet.parse_all(names)
     for name in names:  # refuse what cannot be computed before any work
-        if name in SANE_FEATURES and pipe is None:
+        if name.from_sane and pipe is None:
             raise ConfigError(f"the {name} features need a pretrained model")
-        if name not in SANE_FEATURES:
+        if not name.from_sane:
             check_baseline(store, name)
     features = {}
-    if any(name in SANE_FEATURES for name in names):  # one pass for both
+    if any(name.from_sane for name in names):  # one pass for both
         both = store_embeddings(pipe, store, spread=True, permutations=permutations,
                                 progress=progress)
-        features = {"SANE": both[:, :pipe.model.config.d_latent], "SANE+std": both}
+        features = sane_features(both, pipe.model.config.d_latent)
     states = None  # rebuilt once, for all the baselines
     for name in names:
-        if name not in SANE_FEATURES:
+        if not name.from_sane:
             states = states or [store.state_dict(r) for r in range(len(store.rows))]
             features[name] = baseline_features(store, name, states)
     return {name: features[name] for name in names}

@@ -37,12 +37,13 @@ from sane import atomic, markdown
 from sane.checkpoints import check_weights
 from sane.downstream.features import (
     PERMUTATIONS,
-    SANE_FEATURES,
+    FeatureSet,
     baseline_features,
     nfn_predictions,
+    sane_features,
 )
-from sane.downstream.nfn_probe import NFN, NFNConfig, require_nfn
-from sane.downstream.ood import OODReference
+from sane.downstream.nfn_probe import NFNConfig, require_nfn
+from sane.downstream.ood import SPACES, OODReference
 from sane.downstream.probes import (
     PROPERTY_LABELS,
     class_markdown_table,
@@ -62,7 +63,7 @@ from sane.zoo import Zoo
 from sane.zoo.storage import MANIFEST as ZOO_MANIFEST
 
 PROPERTIES = ("test_acc", "epoch", "ggap")
-FEATURES = ("SANE", "SANE+std", "W", "sW-layer")
+FEATURES = (FeatureSet.SANE, FeatureSet.SANE_STD, FeatureSet.W, FeatureSet.SW_LAYER)
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def predict_properties(
     out: str | Path,
     *,
     store: str | Path | None = None,
-    features: Sequence[str] = FEATURES,
+    features: Sequence[FeatureSet | str] = FEATURES,
     properties: Sequence[str] = PROPERTIES,
     predict: str | Path | None = None,
     progress: bool = True,
@@ -133,7 +134,8 @@ def predict_properties(
     """
     if run is None and store is None:
         raise FormatError("give a pretraining run or a token store")
-    if NFN in features:
+    features = FeatureSet.parse_all(features)
+    if FeatureSet.NFN in features:
         require_nfn()
     model = None if run is None else SANE.from_pretrained(run, device=device,
                                                            precision=precision)
@@ -143,24 +145,24 @@ def predict_properties(
     # and so does a bad checkpoint of the zoo to predict
     ids, other_states = ([], []) if predict is None else _other_zoo(predict, tokens)
     pipe = None if model is None else Pipeline(model, tokens.tokenizer)
-    values = store_features(tokens, [f for f in features if f != NFN], pipe,
+    values = store_features(tokens, [f for f in features if f != FeatureSet.NFN], pipe,
                             progress=progress, permutations=permutations)
     splits = {s: tokens.split_rows(s) for s in ("train", "val", "test")}
     groups = [m for m, _, _ in tokens.rows]
     # the out-of-distribution spaces (sane.downstream.ood), whether or not they are probed
     spaces = {}
-    if "SANE" in values:
+    if FeatureSet.SANE in values:
         spaces = {s: values[s] if s in values else baseline_features(tokens, s)
-                  for s in ("SANE", "sW-layer")}
+                  for s in SPACES}
     wanted = [*values, *(s for s in spaces if s not in values)]
     others = (None if predict is None
               else _other_features(other_states, tokens, wanted, model, permutations))
     targets = {p: tokens.property(p) for p in properties}
     learned, nfn_record = None, None
-    if NFN in features:
+    if FeatureSet.NFN in features:
         predicted, fitted = nfn_predictions(tokens, targets, nfn, progress=progress,
                                             others=None if others is None else other_states)
-        learned = {NFN: predicted}
+        learned = {FeatureSet.NFN: predicted}
         nfn_record = {"config": fitted.config.to_dict(), "seconds": fitted.seconds_,
                       "train_checkpoints": len(splits["train"]),
                       "selected": dict(zip(properties, fitted.selected_)),
@@ -170,8 +172,8 @@ def predict_properties(
     classification = class_probe_table(values, hyperparameters(tokens), splits)
     out = Path(out)
     ood, other_flags = None, None
-    if "SANE" in values:
-        atomic.save_array(out / "embeddings.npy", values["SANE"])
+    if FeatureSet.SANE in values:
+        atomic.save_array(out / "embeddings.npy", values[FeatureSet.SANE])
         train = splits["train"]
         reference = OODReference.fit({s: x[train] for s, x in spaces.items()},
                                      [groups[i] for i in train], permutations=permutations)
@@ -233,20 +235,20 @@ def _other_zoo(path: str | Path, store: TokenStore
 
 
 def _other_features(states: list[dict[str, torch.Tensor]], store: TokenStore,
-                    names: Sequence[str], model: SANE | None, permutations: int
-                    ) -> dict[str, np.ndarray]:
+                    names: Sequence[FeatureSet], model: SANE | None, permutations: int
+                    ) -> dict[FeatureSet, np.ndarray]:
     """The features of another zoo's canonical ``states`` per feature set of ``names``,
     computed as for the store (SANE: aligned, tokenized and embedded by the store's
     tokenizer; baselines: from the checkpoint)."""
     from sane.pipeline import Pipeline
 
     features = {}
-    if any(name in SANE_FEATURES for name in names):
+    if any(name.from_sane for name in names):
         both = Pipeline(model, store.tokenizer).embed(states, spread=True,
                                                       permutations=permutations)
-        features = {"SANE": both[:, :model.config.d_latent], "SANE+std": both}
+        features = sane_features(both, model.config.d_latent)
     for name in names:
-        if name not in SANE_FEATURES:
+        if not name.from_sane:
             features[name] = BASELINES[name](
                 states, include_batchnorm=store.settings.include_batchnorm)
     return {name: features[name] for name in names}

@@ -37,7 +37,8 @@ from sane.run import Run
 from sane.weights.permutations import permutation_spec
 from sane.weights.positions import relative_positions
 from sane.weights.store import TokenStore
-from sane.weights.tokenizer import Tokenizer, fit_zoo
+from sane.weights.tokenizer import Tokenizer
+from sane.weights.zoo_tokenizer import fit_zoo
 from sane.zoo import ArchConfig, Zoo, build_model
 from sane.zoo.architectures import input_shape
 from sane.zoo.evaluation import zoo_data

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sane.downstream.features import PERMUTATIONS, sw_layer_rows
+from sane.downstream.features import PERMUTATIONS, FeatureSet, sw_layer_rows
 from sane.downstream.ood import OODReference
 from sane.pipeline import Pipeline
 from sane.run import Run
@@ -35,9 +35,9 @@ def fit_reference(run: str | Path, *, store: str | Path | None = None,
         if len(stores) == 1:
             statistics.append(sw_layer_rows(store, rows))
         models += [store.rows[r][0] for r in rows.tolist()]
-    features = {"SANE": np.concatenate(embeddings)}
+    features = {FeatureSet.SANE: np.concatenate(embeddings)}
     if statistics:
-        features["sW-layer"] = statistics[0]
+        features[FeatureSet.SW_LAYER] = statistics[0]
     reference = OODReference.fit(features, models, permutations=permutations)
     run.save_ood(reference)
     return reference

@@ -23,6 +23,7 @@ from sane.weights.permutations import (
 from sane.weights.standardize import Standardization, fit_standardization
 from sane.weights.tokenize import Tokens, detokenize, make_manifest, tokenize
 from sane.weights.tokenizer import Tokenizer
+from sane.weights.zoo_tokenizer import ZooFit, fit_zoo
 
 __all__ = [
     "BASELINES",
@@ -32,11 +33,13 @@ __all__ = [
     "TokenManifest",
     "Tokenizer",
     "Tokens",
+    "ZooFit",
     "align_zoo",
     "apply_permutation",
     "detokenize",
     "distance",
     "fit_standardization",
+    "fit_zoo",
     "make_manifest",
     "permutation_spec",
     "random_permutation",

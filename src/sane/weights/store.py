@@ -28,7 +28,7 @@ Each checkpoint is stored exactly once. Windows, permutations and noise are prod
 
 Preparation order: (1) with ``align``, weight matching of every model to one reference (saved
 first, and reused when a crashed run is repeated); (2) the tokenizer fitted on the zoo's
-training split (:func:`~sane.weights.tokenizer.fit_zoo`) and saved; (3) tokens written into
+training split (:func:`~sane.weights.zoo_tokenizer.fit_zoo`) and saved; (3) tokens written into
 ``tokens.npy`` under a temporary name, then renamed; ``store.json`` is written last and marks
 a complete store.
 """
@@ -55,7 +55,8 @@ from sane.weights.align import MANIFEST as ALIGNMENT_MANIFEST
 from sane.weights.align import Alignment, align_zoo
 from sane.weights.manifest import TokenManifest
 from sane.weights.tokenize import make_manifest, tokenize_into
-from sane.weights.tokenizer import Tokenizer, fit_zoo
+from sane.weights.tokenizer import Tokenizer
+from sane.weights.zoo_tokenizer import fit_zoo
 from sane.zoo.architectures import ArchConfig, build_model
 from sane.zoo.layout import as_architecture, layout_groups
 from sane.zoo.storage import Zoo

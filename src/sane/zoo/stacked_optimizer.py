@@ -5,22 +5,30 @@ torch's per-model form, so that a checkpoint resumes a model alone or in any gro
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from sane.errors import FormatError
 
-if TYPE_CHECKING:
-    from sane.zoo.population import SingleNet, StackedNet
-
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
+class StackedParameters(Protocol):
+    """What the optimizer reads of a :class:`~sane.zoo.population.StackedNet` (or
+    ``SingleNet``): ``k`` models whose rows ``[k·rows[i], (k+1)·rows[i])`` of ``params[i]``
+    are model ``k``'s tensor ``keys[k][i]``."""
+
+    k: int
+    params: list[torch.Tensor]
+    rows: list[int]
+    keys: list[list[str]]
+
+
 class StackedOptimizer:
-    """torch's Adam and SGD (with momentum) for the models of a :class:`StackedNet`
-    (or the one model of a :class:`SingleNet`).
+    """torch's Adam and SGD (with momentum) for the models of a
+    :class:`~sane.zoo.population.StackedNet` (or the one model of a ``SingleNet``).
 
     Model ``k`` uses ``kinds[k]`` (``"adam"`` or ``"sgd"``) with its own ``lr``,
     ``weight_decay`` (L2, added to the gradient as in ``torch.optim``) and ``momentum`` (SGD).
@@ -29,7 +37,7 @@ class StackedOptimizer:
     correction; SGD: ``buf = momentum·buf + grad``, dampening 0, no Nesterov).
     """
 
-    def __init__(self, net: StackedNet | SingleNet, kinds: Sequence[str], lr: Sequence[float],
+    def __init__(self, net: StackedParameters, kinds: Sequence[str], lr: Sequence[float],
                  weight_decay: Sequence[float], momentum: Sequence[float]) -> None:
         if list(kinds) != sorted(kinds):
             raise ValueError("models must be ordered by optimizer kind")
