@@ -35,7 +35,9 @@ class PretrainConfig:
     ``behaviour`` weighs a behavioural loss added to each step (:mod:`sane.train.behaviour`:
     ``behaviour_models`` whole training models decoded and compared with their originals by
     their outputs on ``behaviour_images`` of the zoo's training images); 0 (the default)
-    leaves it out. One process only, for stores of one architecture without batch norm.
+    leaves it out. One process only, for stores of one architecture without batch norm; the
+    behavioural loss is computed in float32 and, with it on, each step's gradient norm is
+    clipped to 1.
     ``windows_per_checkpoint`` (default ``ceil(tokens / window_size)``, about covering every
     model once per epoch) sets the epoch length. ``device`` is a torch device string.
     ``precision`` is ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"``: bf16 on CUDA, and on a

@@ -309,6 +309,11 @@ def _step_loss(model: torch.nn.Module, batch: WindowBatch, config: PretrainConfi
     return to_backpropagate, losses
 
 
+# With the behavioural loss on, the gradient's norm is clipped to this: unclipped, the first
+# behavioural run (weight 1, bf16) diverged at epoch 9 (issue 20, docs/results.md).
+BEHAVIOUR_MAX_GRAD_NORM = 1.0
+
+
 def _train_epoch(model: torch.nn.Module, batches: Any, optimizer: torch.optim.Optimizer,
                  scheduler: Any, config: PretrainConfig, device: torch.device, ranks: Ranks,
                  bar: tqdm, epoch: int, behaviour: BehaviourLoss | None = None
@@ -319,9 +324,8 @@ def _train_epoch(model: torch.nn.Module, batches: Any, optimizer: torch.optim.Op
     for step, batch in enumerate(batches, 1):
         to_backpropagate, losses = _step_loss(model, batch, config, device, ranks)
         if behaviour is not None:
-            with torch.autocast(device.type, dtype=torch.bfloat16,
-                                enabled=config.precision == "bf16"):
-                behaviour_loss = behaviour(model, generator)
+            # In float32: at bf16 the first behavioural run diverged (issue 20).
+            behaviour_loss = behaviour(model, generator)
             to_backpropagate = to_backpropagate + config.behaviour * behaviour_loss
             losses["behaviour"] = behaviour_loss.detach()
             losses["loss"] = losses["loss"] + config.behaviour * losses["behaviour"]
@@ -330,6 +334,8 @@ def _train_epoch(model: torch.nn.Module, batches: Any, optimizer: torch.optim.Op
                               f"epoch {epoch}, step {step}; lower lr (now {config.lr})")
         optimizer.zero_grad(set_to_none=True)
         to_backpropagate.backward()
+        if behaviour is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), BEHAVIOUR_MAX_GRAD_NORM)
         optimizer.step()
         scheduler.step()
         _accumulate(sums, losses)
