@@ -10,9 +10,12 @@ so nothing is chosen on test:
   weight average ``(1 - t) · w_a + t · w_b``, for each ``t`` of ``--ts``; t = 0 is the
   reconstruction of ``a`` against ``a`` itself.
 - **Prior.** ``--samples`` models decoded from latents drawn from N(0, 1) per entry (the
-  GAUSS protocol's prior) and from a prior fitted on the training models' latents at that
-  epoch: per token and latent dimension, their mean and standard deviation (diagonal), beside
-  the training models' own mean accuracy.
+  GAUSS protocol's prior) and from two priors fitted on the training models' latents at that
+  epoch: per token and latent dimension, their mean and standard deviation (diagonal); and a
+  whole-model Gaussian with their mean and covariance (``mean + Σ_i a_i (z_i - mean) /
+  sqrt(M - 1)``, ``a ~ N(0, I_M)``: exact for the sample covariance of M models, of rank
+  M - 1). Beside them the same whole-model Gaussian fitted on the aligned *weights* (the copy
+  baseline a prior must beat) and the training models' own mean accuracy.
 
 Prints one table per measurement: mean test accuracy with a 95 % bootstrap-t interval over
 pairs (paths) and the latent − weight difference with its interval. Run on the
@@ -88,17 +91,39 @@ def main() -> None:
     mean, std = bank.mean(dim=0), bank.std(dim=0)
     priors = {"N(0, 1)": lambda g: torch.randn(bank.shape[1:], generator=g),
               "fitted (per token and dimension)":
-                  lambda g: mean + std * torch.randn(bank.shape[1:], generator=g)}
+                  lambda g: mean + std * torch.randn(bank.shape[1:], generator=g),
+              "fitted (whole model: mean and covariance)":
+                  lambda g: _whole_model_gaussian(bank, g)}
     rows = [["training models themselves", len(everyone),
              _mean(np.array([test_acc(s) for s in everyone]))]]
     for name, draw in priors.items():
         g = torch.Generator().manual_seed(1)
         scores = [test_acc(pipe.decode(draw(g)[None], like=everyone[0])[0])
                   for _ in range(args.samples)]
-        rows.append([name, args.samples, _mean(np.array(scores))])
+        rows.append([f"latent: {name}", args.samples, _mean(np.array(scores))])
+    keys = [k for k in everyone[0] if everyone[0][k].is_floating_point()]
+    weights = torch.stack([torch.cat([s[k].flatten() for k in keys]) for s in everyone])
+    g = torch.Generator().manual_seed(1)
+    scores = []
+    for _ in range(args.samples):
+        flat, state, offset = _whole_model_gaussian(weights, g), dict(everyone[0]), 0
+        for k in keys:
+            state[k] = flat[offset: offset + state[k].numel()].view_as(state[k])
+            offset += state[k].numel()
+        scores.append(test_acc(state))
+    rows.append(["weights: fitted (whole model: mean and covariance)", args.samples,
+                 _mean(np.array(scores))])
     print(f"\nZero-shot samples from a prior ({len(everyone)} training models fit it):\n")
     print(markdown.table(["source", "models", "test accuracy [95 %]"], rows))
     print(f"\n{time.time() - started:.0f} s; load {Path('/proc/loadavg').read_text().split()[:3]}")
+
+
+def _whole_model_gaussian(bank: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One draw from the Gaussian with the mean and sample covariance of ``bank [M, ...]``
+    (M models): ``mean + Σ_i a_i (bank_i - mean) / sqrt(M - 1)``, ``a ~ N(0, I_M)``."""
+    mean = bank.mean(dim=0)
+    a = torch.randn(len(bank), generator=generator, dtype=bank.dtype)
+    return mean + torch.tensordot(a, bank - mean, dims=1) / (len(bank) - 1) ** 0.5
 
 
 def _mean(values: np.ndarray) -> str:
