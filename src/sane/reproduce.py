@@ -24,9 +24,9 @@ result object that the report is written from):
 ``OUT/report.md`` collects every table and links the figures; ``OUT/reproduce.json`` holds the
 resolved scale. Scales: ``demo`` (``sane demo``: 34 CNN-s of one recipe on the embedded
 digits, so that validation and test hold at least 5 models each, a ``cpu`` SANE, subsampling
-only; a few minutes on 2 cores), ``quick`` (a
-digits hyperparameter zoo of 40 CNN-s, every protocol; minutes), ``fmnist`` (the 100-model
-Fashion-MNIST hyperparameter zoo of Model Zoos at 10 epochs on 10,000 images, a small SANE)
+only; 50 s on 2 idle cores), ``quick`` (a digits hyperparameter zoo of 40 CNN-s, every
+protocol; minutes), ``fmnist`` (the 100-model Fashion-MNIST hyperparameter zoo of Model Zoos
+at 10 epochs on 10,000 images, a small SANE)
 and ``fmnist-seed`` (Table 3's setting: a 100-model Fashion-MNIST seed zoo, SANE pretrained
 on the first half of the epochs, prompts from the last of them).
 """

@@ -9,7 +9,7 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser(
-        "demo", help="the whole pipeline on the embedded digits data, in a few minutes",
+        "demo", help="the whole pipeline on the embedded digits data, in about a minute",
         description="Train 34 CNN-s on scikit-learn's digits, align and tokenize them into a "
         "token store, pretrain a SANE, predict properties with linear probes against the W "
         "and s(W) baselines, and sample new models with memorization controls; writes "
