@@ -178,7 +178,7 @@ def test_sane_sample_end_to_end_selects_on_validation_and_reports_test(tiny_run,
     selection = [s.selection for s in result.samples]
     assert selection == sorted(selection, reverse=True)
     # Both scores of every kept model are what the saved model scores on each split.
-    data = target_data(TokenStore.open(result.request["store"]))
+    data = target_data(TokenStore.open(result.request.store))
     for kept in result.samples:
         net = build_model(ARCH)
         net.load_state_dict(load_file(str(out / kept.file)))
@@ -226,7 +226,7 @@ def test_sampling_for_a_new_task_scores_on_that_dataset(tiny_run, tmp_path):
     config = SamplingConfig(samples=3, keep=1)
     report = sample_from_run(tiny_run[0], tmp_path / "a", prompts=2, config=config,
                              dataset="digits")
-    assert report.request["dataset"] == "digits" and len(report.prompts) == 2
+    assert report.request.dataset == "digits" and len(report.prompts) == 2
     with pytest.raises(ConfigError, match="'mnist1d' cannot feed the zoo's cnn_s"):
         sample_from_run(tiny_run[0], tmp_path / "b", config=config, dataset="mnist1d")
 

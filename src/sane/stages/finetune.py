@@ -69,7 +69,7 @@ def finetune_samples(samples: str | Path, *, epochs: int = 5, lr: float = 1e-3,
     report = SampleResult.load(samples)
     # The models fine-tuned, not the report around them: a re-report of the same samples
     # reuses the result.
-    models = json.dumps([report.request, [[s.file, s.selection] for s in report.samples],
+    models = json.dumps([report.request.to_dict(), [[s.file, s.selection] for s in report.samples],
                          [[p.model, p.epoch] for p in report.prompts]])
     settings = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
                 "prompts": prompts, "random_init": random_init,

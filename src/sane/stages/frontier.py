@@ -79,7 +79,7 @@ def frontier_point(result: SampleResult) -> FrontierPoint:
     draws = compare([result], draws=True, names=NOISE)
     kept = compare([result], names=NOISE)
     return FrontierPoint(
-        result.request["config"]["bandwidth"], result.first_distance(), result.prompt_mean,
+        result.request.config.bandwidth, result.first_distance(), result.prompt_mean,
         sum(p.selection for p in result.prompts) / len(result.prompts),
         {m: result.first_draws(m).report_mean for m in methods},
         {m: result.kept(m).report_mean for m in methods},

@@ -18,11 +18,13 @@ Prompts come from one of two places:
   classifier with another number of classes than the pretraining zoo's is re-initialized in
   every sampled model (the prompts keep theirs).
 
-:func:`request_prompts` rebuilds either from a request recorded in ``samples.json``.
+:class:`SampleRequest` is what ``sane sample`` was asked, as ``samples.json`` records it;
+:func:`request_prompts` rebuilds its prompts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ import torch
 from torch import nn
 
 from sane.data import Dataset, load_dataset
+from sane.downstream.sampling import SamplingConfig
 from sane.errors import ConfigError, FormatError
 from sane.run import Run
 from sane.weights.permutations import permutation_spec
@@ -140,15 +143,46 @@ def zoo_prompts(zoo_path: str | Path, source: Tokenizer, count: int,
                    relative_positions(source.manifest, manifest), zoo_data(zoo), fresh)
 
 
-def request_prompts(request: dict[str, Any]) -> Prompts:
-    """The prompts of a sampling request as ``samples.json`` records it."""
-    if request.get("prompts_from") is not None:
-        return zoo_prompts(request["prompts_from"], Run(request["run"]).tokenizers()[0],
-                           request["prompts"], request["prompt_epoch"],
-                           best=request["best_prompts"])
-    return store_prompts(Run(request["run"]).store(request["store"]), request["prompts"],
-                         request["prompt_epoch"], best=request["best_prompts"],
-                         dataset=request["dataset"], root=request["root"])
+@dataclass(frozen=True)
+class SampleRequest:
+    """What ``sane sample`` was asked: the pretraining ``run`` (absolute path), prompts from
+    its ``store`` (absolute path; None with ``prompts_from``, a zoo of another architecture),
+    ``prompts`` of them at ``prompt_epoch`` (None: each model's last), the most accurate on
+    validation with ``best_prompts``, scored on ``dataset`` read from ``root`` (None: the
+    zoo's own task), sampled by ``config`` with the SANE in ``precision``. An output
+    directory whose ``samples.json`` holds an equal request is reused."""
+
+    run: str
+    store: str | None
+    prompts: int
+    prompt_epoch: int | None
+    best_prompts: bool
+    config: SamplingConfig
+    dataset: str | None
+    root: str | None
+    prompts_from: str | None = None
+    precision: str = "fp32"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The request as ``samples.json`` holds it: ``prompts_from`` and ``precision``
+        only when they differ from their defaults, so that the requests of earlier versions
+        (which had neither) read the same."""
+        table = dataclasses.asdict(self)
+        if self.prompts_from is None:
+            del table["prompts_from"]
+        if self.precision == "fp32":
+            del table["precision"]
+        return table
+
+
+def request_prompts(request: SampleRequest) -> Prompts:
+    """The prompts of a sampling request."""
+    if request.prompts_from is not None:
+        return zoo_prompts(request.prompts_from, Run(request.run).tokenizers()[0],
+                           request.prompts, request.prompt_epoch, best=request.best_prompts)
+    return store_prompts(Run(request.run).store(request.store), request.prompts,
+                         request.prompt_epoch, best=request.best_prompts,
+                         dataset=request.dataset, root=request.root)
 
 
 def prompt_rows(store: TokenStore, count: int | None, epoch: int | None, *,

@@ -65,7 +65,7 @@ from sane.model.sane import inference_precision, usable_device
 from sane.pipeline import Pipeline
 from sane.run import Run
 from sane.settings import from_table
-from sane.stages.prompts import request_prompts
+from sane.stages.prompts import SampleRequest, request_prompts
 from sane.zoo import ArchConfig, build_model
 from sane.zoo.evaluation import accuracy
 from sane.zoo.layout import as_architecture
@@ -139,7 +139,7 @@ class SampleResult:
     ``prompts``, kept ``samples``, each copy baseline's kept models (``baselines``) and every
     candidate of every method (``draws``: SANE's and each baseline's)."""
 
-    request: dict[str, Any]
+    request: SampleRequest
     selection_split: str
     report_split: str
     architectures: list[ArchitectureRecord]
@@ -162,7 +162,7 @@ class SampleResult:
                               "empty directory)") from error
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self) | {"request": self.request.to_dict()}
 
     def kept(self, method: str = SANE_METHOD) -> Scored:
         """The kept models of ``method`` (SANE or a baseline), each grouped with its nearest
@@ -266,21 +266,18 @@ def sample_from_run(
     if prompts_from is not None and (store is not None or dataset is not None):
         raise ConfigError("prompts from a zoo of the target architecture are scored on that "
                           "zoo's task: give --prompts-from without --store or --dataset")
-    request = {"run": str(Path(run).resolve()), "store": None,
-               "prompts": prompts, "prompt_epoch": prompt_epoch, "best_prompts": best_prompts,
-               "config": dataclasses.asdict(config), "dataset": dataset, "root": root}
-    if prompts_from is None:
-        request["store"] = str(Run(run).store(store).path.resolve())
-    else:  # recorded only when given: requests of earlier versions stay the same
-        request["prompts_from"] = str(Path(prompts_from).resolve())
-    precision = inference_precision(precision, usable_device(device))
-    if precision != "fp32":  # recorded only when it changes the results, like prompts_from
-        request["precision"] = precision
+    request = SampleRequest(
+        run=str(Path(run).resolve()),
+        store=None if prompts_from is not None else str(Run(run).store(store).path.resolve()),
+        prompts=prompts, prompt_epoch=prompt_epoch, best_prompts=best_prompts, config=config,
+        dataset=dataset, root=root,
+        prompts_from=None if prompts_from is None else str(Path(prompts_from).resolve()),
+        precision=inference_precision(precision, usable_device(device)))
     if (out / "samples.json").is_file():
         done = _done(out, request)
         if done is not None:
             return done
-    model = SANE.from_pretrained(run, device=device, precision=precision)
+    model = SANE.from_pretrained(run, device=device, precision=request.precision)
     chosen = request_prompts(request)
     pipe = Pipeline(model, chosen.tokenizer, positions=[chosen.positions])
     keys = chosen.tokenizer.manifest.tokenized_keys()
@@ -330,7 +327,7 @@ def sample_from_run(
     return result
 
 
-def _done(out: Path, request: dict[str, Any]) -> SampleResult | None:
+def _done(out: Path, request: SampleRequest) -> SampleResult | None:
     """The result in ``out`` when it answers ``request`` (its report rewritten when this
     version writes it otherwise); None when it answers another request or an earlier
     version's."""
