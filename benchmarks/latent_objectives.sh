@@ -3,13 +3,15 @@
 # and paths keep function? On a digits seed zoo (100 CNN-s, 5 epochs), one SANE per variant
 # (the cpu preset, 30 epochs, batch 16, bf16), then for each: the novelty-quality frontier
 # (`sane sample --bandwidth ...`, test accuracy against distance beside per-tensor and
-# isotropic noise, selected on validation) and latent against weight paths plus zero-shot
-# priors (benchmarks/bench_latent_paths.py). Finished steps are reused.
+# isotropic noise, selected on validation), latent against weight paths plus zero-shot
+# priors (benchmarks/bench_latent_paths.py) and the probes (`sane probe`: does property
+# prediction regress?). Finished steps are reused.
 #
 #   benchmarks/latent_objectives.sh [VARIANT ...]     (default: all four below)
 #
 # A variant is noise-X (--latent-noise X) or behaviour-X (--behaviour X). Results land in
-# runs/digits-seed/: frontier-sane-VARIANT/frontier.md and paths-sane-VARIANT.md. Each
+# runs/digits-seed/: frontier-sane-VARIANT/frontier.md, paths-sane-VARIANT.md and
+# probe-sane-VARIANT/probes.md; the decoded models' fidelity in sane-VARIANT/report.md. Each
 # process runs on one thread (two side by side on 2 cores; see docs/scaling.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +19,7 @@ export OMP_NUM_THREADS=1
 SANE=".venv/bin/sane"
 D=runs/digits-seed
 VARIANTS=("$@")
-[ ${#VARIANTS[@]} -gt 0 ] || VARIANTS=(noise-0 noise-0.1 noise-1 behaviour-0.1)
+[ ${#VARIANTS[@]} -gt 0 ] || VARIANTS=(noise-0 noise-0.1 noise-1 behaviour-0.03 behaviour-0.1 behaviour-0.3)
 
 test -f $D/zoo/zoo.json || $SANE zoo train benchmarks/configs/digits-cnn-s-seed-100.toml --out $D/zoo
 test -f $D/store/store.json || $SANE prepare $D/zoo --out $D/store --align --max-abs 100
@@ -39,5 +41,8 @@ for v in "${VARIANTS[@]}"; do
   echo "== $v: paths $(date +%T)"
   test -s $D/paths-sane-$v.md || .venv/bin/python benchmarks/bench_latent_paths.py $run \
     --pairs 10 --samples 20 > $D/paths-sane-$v.md
+  echo "== $v: probe $(date +%T)"
+  test -f $D/probe-sane-$v/probes.md || $SANE probe $run --out $D/probe-sane-$v \
+    > $D/probe-sane-$v.log 2>&1
 done
 echo "== done $(date +%T)"
