@@ -44,9 +44,8 @@ def main() -> None:
                                         permutations=k, progress=False)
             for row in result.rows:
                 # the weight baselines do not depend on the permutations: counted once
-                if row["features"].startswith("SANE") or k == counts[0]:
-                    scores.setdefault((row["property"], row["features"], k), []).append(
-                        row["r2_val"])
+                if row.features.startswith("SANE") or k == counts[0]:
+                    scores.setdefault((row.property, row.features, k), []).append(row.r2_val)
     print(f"Validation R², mean ± sd over {len(args.runs)} pretraining runs "
           f"({', '.join(str(r) for r in args.runs)}):\n")
     for prop in PROPERTIES:

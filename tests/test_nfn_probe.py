@@ -151,14 +151,14 @@ def test_probe_table_scores_given_predictions_as_it_scores_probes():
     x = np.column_stack([y, rng.normal(size=40)])
     ridge = probe_table({"sW-layer": x}, {"y": y}, splits, groups, resamples=50)[0]
     values = np.zeros(40)
-    values[splits["test"]] = ridge["test_predicted"]
+    values[splits["test"]] = ridge.test_predicted
     given = Predicted(values, {"epoch": 3}, extra=np.array([1.0, 2.0]))
     rows = probe_table({}, {"y": y}, splits, groups, resamples=50,
                        predicted={"NFN": {"y": given}})
-    assert len(rows) == 1 and rows[0]["selected"] == {"epoch": 3} and "alpha" not in rows[0]
-    assert rows[0]["extra_predicted"] == [1.0, 2.0]
+    assert len(rows) == 1 and rows[0].selected == {"epoch": 3} and rows[0].alpha is None
+    assert rows[0].extra_predicted == [1.0, 2.0]
     for key in ("r2_test", "tau_test", "r2_test_ci", "tau_test_ci", "test_predicted"):
-        assert rows[0][key] == ridge[key]
+        assert getattr(rows[0], key) == getattr(ridge, key)
     assert markdown_table([ridge, *rows]).splitlines()[0] == "| property | sW-layer | NFN |"
 
 
@@ -166,9 +166,9 @@ def test_sane_probe_reports_the_nfn_row_beside_the_baselines(random_store, tmp_p
     needs_nfn()
     result = predict_properties(None, tmp_path / "p", store=random_store.path,
                                 features=["sW-layer", "NFN"], nfn=TINY, progress=False)
-    nfn_rows = [r for r in result.rows if r["features"] == "NFN"]
-    assert [r["property"] for r in nfn_rows] == ["test_acc", "epoch", "ggap"]
-    assert all(r["selected"]["channels"] == [4] and r["n_test"] == 9 for r in nfn_rows)
+    nfn_rows = [r for r in result.rows if r.features == "NFN"]
+    assert [r.property for r in nfn_rows] == ["test_acc", "epoch", "ggap"]
+    assert all(r.selected["channels"] == [4] and r.n_test == 9 for r in nfn_rows)
     saved = json.loads((tmp_path / "p" / "probes.json").read_text())
     assert saved["nfn"]["config"] == TINY.to_dict() and saved["nfn"]["seconds"] > 0
     assert saved["nfn"]["train_checkpoints"] == 24 and saved["pretraining_seconds"] is None
@@ -180,8 +180,8 @@ def test_sane_probe_reports_the_nfn_row_beside_the_baselines(random_store, tmp_p
     predicted, _ = nfn_predictions(random_store, targets, TINY, progress=False)
     test = random_store.split_rows("test")
     for row in nfn_rows:
-        np.testing.assert_array_equal(row["test_predicted"],
-                                      predicted[row["property"]].values[test])
+        np.testing.assert_array_equal(row.test_predicted,
+                                      predicted[row.property].values[test])
 
 
 def test_cli_probe_with_nfn_reports_its_time_beside_pretraining_and_predicts_another_zoo(

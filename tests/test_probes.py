@@ -12,6 +12,7 @@ import sane.downstream.features as features_module
 from sane.cli import build_parser, main
 from sane.downstream import (
     LinearProbe,
+    ProbeRow,
     baseline_features,
     markdown_table,
     probe_table,
@@ -79,18 +80,18 @@ def test_probe_table_leaves_out_unknown_targets_per_property():
     groups = [f"m{i // 2}" for i in range(40)]  # two checkpoints per model
     rows = probe_table({"a": x, "b": x[:, :1]}, {"y": y, "partly": partly}, splits, groups,
                        resamples=200)
-    assert [(r["features"], r["property"]) for r in rows] == [
+    assert [(r.features, r.property) for r in rows] == [
         ("a", "y"), ("b", "y"), ("a", "partly"), ("b", "partly")]
-    assert rows[2]["n_train"] == 15 and rows[0]["n_train"] == 20
-    assert rows[0]["r2_test"] > 0.99 and rows[0]["tau_test"] > 0.9
-    low, high = rows[1]["r2_test_ci"]
-    assert low <= rows[1]["r2_test"] <= high
-    assert rows[0]["test_truth"] == y[30:40].tolist() and len(rows[0]["test_predicted"]) == 10
+    assert rows[2].n_train == 15 and rows[0].n_train == 20
+    assert rows[0].r2_test > 0.99 and rows[0].tau_test > 0.9
+    low, high = rows[1].r2_test_ci
+    assert low <= rows[1].r2_test <= high
+    assert rows[0].test_truth == y[30:40].tolist() and len(rows[0].test_predicted) == 10
     table = markdown_table(rows)
     assert table.splitlines()[0] == "| property | a | b |"
-    assert table.splitlines()[2].startswith(f"| y | {rows[0]['r2_test']:.3f} [")
+    assert table.splitlines()[2].startswith(f"| y | {rows[0].r2_test:.3f} [")
     assert markdown_table(rows, "tau").splitlines()[2].startswith(
-        f"| y | {rows[0]['tau_test']:.3f} [")
+        f"| y | {rows[0].tau_test:.3f} [")
     unknown = y.copy()
     unknown[30:39] = np.nan
     with pytest.raises(FormatError, match="the test split has 1 rows"):
@@ -98,8 +99,11 @@ def test_probe_table_leaves_out_unknown_targets_per_property():
 
 
 def test_table_1_layout_puts_w_then_sw_then_sane():
-    row = {"r2_test": 0.5, "r2_test_ci": [0.4, 0.6]}
-    rows = [{"features": f, "property": p, **row} for p in ("test_acc", "ggap")
+    scores = dict.fromkeys(("r2_train", "r2_val", "tau_train", "tau_val", "tau_test"), 0.0)
+    row = scores | {"r2_test": 0.5, "r2_test_ci": [0.4, 0.6], "tau_test_ci": None,
+                    "n_train": 1, "n_val": 1, "n_test": 1, "test_rows": [0],
+                    "test_truth": [0.0], "test_predicted": [0.0]}
+    rows = [ProbeRow(f, p, **row) for p in ("test_acc", "ggap")
             for f in ("SANE", "sW-layer", "W", "sW-tensor-var")]
     lines = markdown_table(rows).splitlines()
     assert lines[0] == "| property | W | sW-layer | sW-tensor-var | SANE |"
@@ -114,11 +118,11 @@ def test_classification_probes_beat_the_majority_class_when_features_know():
     splits = {"train": np.arange(36), "val": np.arange(36, 48), "test": np.arange(48, 60)}
     rows = class_probe_table({"informed": x, "noise": x[:, 1:]},
                              {"activation": labels, "init": np.array(["u"] * 60)}, splits)
-    assert [r["property"] for r in rows] == ["activation", "activation"]  # one class: left out
+    assert [r.property for r in rows] == ["activation", "activation"]  # one class: left out
     informed, noise = rows
-    assert informed["classes"] == ["gelu", "relu", "tanh"]
-    assert informed["majority_test"] == pytest.approx(1 / 3)
-    assert informed["accuracy_test"] > 0.8 and noise["accuracy_test"] < 0.7
+    assert informed.classes == ["gelu", "relu", "tanh"]
+    assert informed.majority_test == pytest.approx(1 / 3)
+    assert informed.accuracy_test > 0.8 and noise.accuracy_test < 0.7
     assert "| activation | 3 | 0.333 |" in class_markdown_table(rows)
 
 
@@ -151,11 +155,11 @@ def test_predict_properties_writes_results_and_embeddings(random_store, tiny_run
     out, _ = tiny_run
     result = predict_properties(out, tmp_path / "p", progress=False)
     rows = result.rows
-    assert {(r["features"], r["property"]) for r in rows} == {
+    assert {(r.features, r.property) for r in rows} == {
         (f, p) for f in ("SANE", "SANE+std", "W", "sW-layer")
         for p in ("test_acc", "epoch", "ggap")}
     saved = json.loads((tmp_path / "p" / "probes.json").read_text())
-    assert saved["store"] == str(random_store.path.resolve()) and saved["results"] == rows
+    assert saved["store"] == str(random_store.path.resolve()) and saved["results"] == [r.to_dict() for r in rows]
     assert np.load(tmp_path / "p" / "embeddings.npy").shape == (36, 16)
     text = (tmp_path / "p" / "probes.md").read_text()
     assert "| Acc |" in text and "## Kendall τ" in text and "![Acc](scatter-test_acc.png)" in text

@@ -3,7 +3,14 @@ models with batch-norm conditioning, and the copy baselines they are judged agai
 
 from sane.downstream.copies import COPIES, copy_baselines
 from sane.downstream.features import baseline_features
-from sane.downstream.probes import ALPHAS, LinearProbe, markdown_table, probe_table
+from sane.downstream.probes import (
+    ALPHAS,
+    ClassRow,
+    LinearProbe,
+    ProbeRow,
+    markdown_table,
+    probe_table,
+)
 from sane.downstream.sampling import (
     Samples,
     SamplingConfig,
@@ -13,6 +20,7 @@ from sane.downstream.sampling import (
 )
 from sane.zoo.batchnorm import condition_batchnorm
 
-__all__ = ["ALPHAS", "COPIES", "LinearProbe", "Samples", "SamplingConfig", "Scores", "Target",
-           "baseline_features", "condition_batchnorm", "copy_baselines", "kde_sample",
+__all__ = ["ALPHAS", "COPIES", "ClassRow", "LinearProbe", "ProbeRow", "Samples",
+           "SamplingConfig", "Scores", "Target", "baseline_features", "condition_batchnorm",
+           "copy_baselines", "kde_sample",
            "markdown_table", "probe_table"]

@@ -9,6 +9,7 @@ is not regularized (the reference code appended a column of ones and shrank it t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +96,60 @@ class Predicted:
     extra: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class ProbeRow:
+    """One regression probe, ``features`` → ``property``: R², Kendall τ and the number of
+    rows on each split; on the test split the 95 % bootstrap intervals over test models
+    (None where undefined: fewer than 3 models), the rows scored, their true and predicted
+    values. A ridge probe records its ``alpha``, a predictor trained on its own what
+    validation ``selected``; ``extra_predicted`` holds the predictions for further models."""
+
+    features: str
+    property: str
+    r2_train: float
+    r2_val: float
+    r2_test: float
+    tau_train: float
+    tau_val: float
+    tau_test: float
+    n_train: int
+    n_val: int
+    n_test: int
+    r2_test_ci: list[float] | None
+    tau_test_ci: list[float] | None
+    test_rows: list[int]
+    test_truth: list[float]
+    test_predicted: list[float]
+    alpha: float | None = None
+    selected: dict[str, Any] | None = None
+    extra_predicted: list[float] | None = None
+
+    def test(self, metric: str) -> tuple[float, list[float] | None]:
+        """The test score of ``metric`` ("r2" or "tau") and its interval."""
+        return getattr(self, f"{metric}_test"), getattr(self, f"{metric}_test_ci")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as ``probes.json`` holds it, without the keys that do not apply."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if v is not None or k not in ("alpha", "selected", "extra_predicted")}
+
+
+@dataclass(frozen=True)
+class ClassRow:
+    """One classification probe, ``features`` → the categorical ``property``: its inverse
+    strength ``C``, the training split's ``classes``, accuracy per split and the test
+    accuracy of the training split's majority class."""
+
+    features: str
+    property: str
+    C: float
+    classes: list[str]
+    accuracy_train: float
+    accuracy_val: float
+    accuracy_test: float
+    majority_test: float
+
+
 def probe_table(
     features: Mapping[str, np.ndarray],
     targets: Mapping[str, np.ndarray],
@@ -105,18 +160,16 @@ def probe_table(
     resamples: int = 1000,
     extra: Mapping[str, np.ndarray] | None = None,
     predicted: Mapping[str, Mapping[str, Predicted]] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[ProbeRow]:
     """Fit one probe per (feature set, property) and report R² and Kendall τ per split, with
     bootstrap 95 % intervals over the test split's *models* (:mod:`sane.downstream.intervals`).
 
     ``features[name]`` is ``[M, F]``; ``targets[property]`` ``[M]`` (NaN where unknown: those
     rows are left out for that property); ``splits`` maps "train", "val" and "test" to row
-    indices; ``groups[m]`` is the model of row ``m``. Returns rows ``{"features",
-    "property", "alpha", "r2_<split>", "tau_<split>", "n_<split>", "r2_test_ci",
-    "tau_test_ci", "test_rows", "test_truth", "test_predicted"}``; with ``extra`` (features
-    of further models per feature set, ``[Q, F]``), also their predictions
-    (``"extra_predicted"``). ``predicted[name][property]`` adds the rows of a predictor
-    trained on its own, scored alike, with ``"selected"`` in place of ``"alpha"``.
+    indices; ``groups[m]`` is the model of row ``m``. Returns one :class:`ProbeRow` per
+    (property, feature set); with ``extra`` (features of further models per feature set,
+    ``[Q, F]``), also their predictions. ``predicted[name][property]`` adds the rows of a
+    predictor trained on its own, scored alike, with ``selected`` in place of ``alpha``.
     """
     groups = np.asarray(groups)
     rows = []
@@ -129,20 +182,18 @@ def probe_table(
         for name, x in features.items():
             train, val = known["train"], known["val"]
             probe = LinearProbe(alphas).fit(x[train], y[train], validation=(x[val], y[val]))
-            row: dict[str, Any] = {"features": name, "property": prop, "alpha": probe.alpha_}
-            row |= _scores(y, known, groups, {s: probe.predict(x[idx]) for s, idx in known.items()},
-                           resamples)
-            if extra is not None:
-                row["extra_predicted"] = probe.predict(extra[name]).tolist()
-            rows.append(row)
+            scores = _scores(y, known, groups,
+                             {s: probe.predict(x[idx]) for s, idx in known.items()}, resamples)
+            rows.append(ProbeRow(
+                name, prop, **scores, alpha=probe.alpha_,
+                extra_predicted=None if extra is None else probe.predict(extra[name]).tolist()))
         for name, by_property in (predicted or {}).items():
             given = by_property[prop]
-            row = {"features": name, "property": prop, "selected": dict(given.selected)}
-            row |= _scores(y, known, groups, {s: given.values[idx] for s, idx in known.items()},
-                           resamples)
-            if given.extra is not None:
-                row["extra_predicted"] = given.extra.tolist()
-            rows.append(row)
+            scores = _scores(y, known, groups, {s: given.values[idx] for s, idx in known.items()},
+                             resamples)
+            rows.append(ProbeRow(
+                name, prop, **scores, selected=dict(given.selected),
+                extra_predicted=None if given.extra is None else given.extra.tolist()))
     return rows
 
 
@@ -170,19 +221,19 @@ def _scores(y: np.ndarray, known: Mapping[str, np.ndarray], groups: np.ndarray,
 PROPERTY_LABELS = {"test_acc": "Acc", "epoch": "Ep", "ggap": "GGap"}
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]], metric: str = "r2") -> str:
+def markdown_table(rows: Sequence[ProbeRow], metric: str = "r2") -> str:
     """The probe results in the layout of SANE's Table 1: one line per property (Acc, Ep,
     GGap), one column per feature set (W, the s(W) variants, the SANE ones, then any other); each
     cell the test ``metric`` ("r2" or "tau") with its bootstrap 95 % interval."""
-    names = sorted(dict.fromkeys(r["features"] for r in rows), key=_column_order)
-    props = list(dict.fromkeys(r["property"] for r in rows))
-    cell = {(r["property"], r["features"]): r for r in rows}
+    names = sorted(dict.fromkeys(r.features for r in rows), key=_column_order)
+    props = list(dict.fromkeys(r.property for r in rows))
+    cell = {(r.property, r.features): r for r in rows}
 
-    def text(r: Mapping[str, Any]) -> str:
-        if r[f"{metric}_test_ci"] is None:
-            return f"{r[f'{metric}_test']:.3f} (no interval: < 3 models)"
-        low, high = r[f"{metric}_test_ci"]
-        return f"{r[f'{metric}_test']:.3f} [{low:.2f}, {high:.2f}]"
+    def text(r: ProbeRow) -> str:
+        score, interval = r.test(metric)
+        if interval is None:
+            return f"{score:.3f} (no interval: < 3 models)"
+        return f"{score:.3f} [{interval[0]:.2f}, {interval[1]:.2f}]"
 
     return markdown.table(["property", *names], [
         [PROPERTY_LABELS.get(prop, prop), *(text(cell[prop, n]) for n in names)]
@@ -203,13 +254,13 @@ def class_probe_table(
     labels: Mapping[str, np.ndarray],
     splits: Mapping[str, np.ndarray],
     cs: Sequence[float] = CS,
-) -> list[dict[str, Any]]:
+) -> list[ClassRow]:
     """Classification probes for categorical properties (hyperparameters such as the
     activation): one logistic regression per (feature set, property) on standardized
     features, its inverse strength ``C`` chosen by validation accuracy. ``labels[name]`` is
-    ``[M]`` (strings); a property with one class in the training split is left out. Rows
-    ``{"features", "property", "C", "classes", "accuracy_<split>", "majority_test"}``: the
-    majority class of the training split, scored on the test split, is the baseline."""
+    ``[M]`` (strings); a property with one class in the training split is left out. One
+    :class:`ClassRow` per (property, feature set): the majority class of the training split,
+    scored on the test split, is the baseline."""
     from sklearn.linear_model import LogisticRegression
 
     rows = []
@@ -229,21 +280,19 @@ def class_probe_table(
                 if best is None or score > best[0]:
                     best = (score, c, model)
             _, c, model = best
-            row: dict[str, Any] = {"features": name, "property": prop, "C": c,
-                                   "classes": classes.tolist()}
-            for split, idx in splits.items():
-                row[f"accuracy_{split}"] = float((model.predict(x[idx]) == y[idx]).mean())
-            row["majority_test"] = float((y[test] == majority).mean())
-            rows.append(row)
+            accuracy = {f"accuracy_{split}": float((model.predict(x[idx]) == y[idx]).mean())
+                        for split, idx in splits.items()}
+            rows.append(ClassRow(name, prop, c, classes.tolist(), **accuracy,
+                                 majority_test=float((y[test] == majority).mean())))
     return rows
 
 
-def class_markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+def class_markdown_table(rows: Sequence[ClassRow]) -> str:
     """Test accuracy of each classification probe beside the majority-class baseline."""
-    names = sorted(dict.fromkeys(r["features"] for r in rows), key=_column_order)
-    props = list(dict.fromkeys(r["property"] for r in rows))
-    cell = {(r["property"], r["features"]): r for r in rows}
+    names = sorted(dict.fromkeys(r.features for r in rows), key=_column_order)
+    props = list(dict.fromkeys(r.property for r in rows))
+    cell = {(r.property, r.features): r for r in rows}
     return markdown.table(
         ["property", "classes", "majority class", *names],
-        [[prop, len(cell[prop, names[0]]["classes"]), cell[prop, names[0]]["majority_test"],
-          *(cell[prop, n]["accuracy_test"] for n in names)] for prop in props], digits=3)
+        [[prop, len(cell[prop, names[0]].classes), cell[prop, names[0]].majority_test,
+          *(cell[prop, n].accuracy_test for n in names)] for prop in props], digits=3)

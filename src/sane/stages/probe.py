@@ -25,6 +25,7 @@ predictions for the checkpoints of another zoo.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,8 @@ from sane.downstream.nfn_probe import NFNConfig, require_nfn
 from sane.downstream.ood import SPACES, OODReference
 from sane.downstream.probes import (
     PROPERTY_LABELS,
+    ClassRow,
+    ProbeRow,
     class_markdown_table,
     class_probe_table,
     markdown_table,
@@ -77,8 +80,8 @@ class ProbeResult:
     (``pretraining_seconds``, None when the run has no history), and with the NFN probe its
     training record (``nfn``: config, seconds, selections, validation curves)."""
 
-    rows: list[dict[str, Any]]
-    classification: list[dict[str, Any]]
+    rows: list[ProbeRow]
+    classification: list[ClassRow]
     ood: dict[str, Any] | None
     predictions: list[dict[str, Any]]
     reconstruction: dict[str, Any] | None
@@ -191,12 +194,14 @@ def predict_properties(
     atomic.write_json(out / "probes.json", {
         "run": None if run is None else str(Path(run).resolve()),
         "store": str(tokens.path.resolve()), "features": list(features),
-        "properties": list(properties), "permutations": permutations, "results": rows,
-        "classification": classification, "ood": ood, "predictions": predictions,
+        "properties": list(properties), "permutations": permutations,
+        "results": [r.to_dict() for r in rows],
+        "classification": [dataclasses.asdict(r) for r in classification], "ood": ood,
+        "predictions": predictions,
         "reconstruction": fidelity, "pretraining_seconds": pretraining, "nfn": nfn_record,
     })
     for prop in properties:
-        _scatter(out / f"scatter-{prop}.png", [r for r in rows if r["property"] == prop])
+        _scatter(out / f"scatter-{prop}.png", [r for r in rows if r.property == prop])
     result = ProbeResult(rows, classification, ood, predictions, fidelity, pretraining,
                          nfn_record)
     atomic.write_text(out / "probes.md", _markdown(result, properties))
@@ -254,7 +259,7 @@ def _other_features(states: list[dict[str, torch.Tensor]], store: TokenStore,
     return {name: features[name] for name in names}
 
 
-def _predictions(ids: list[tuple[str, int]], rows: list[dict[str, Any]],
+def _predictions(ids: list[tuple[str, int]], rows: list[ProbeRow],
                  flags: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """One record per checkpoint of another zoo: its predictions per (property, feature
     set) and, with SANE features, its out-of-distribution flag
@@ -262,7 +267,7 @@ def _predictions(ids: list[tuple[str, int]], rows: list[dict[str, Any]],
     records = []
     for i, (model_id, epoch) in enumerate(ids):
         record: dict[str, Any] = {"model": model_id, "epoch": epoch, "predicted": {
-            f"{r['property']}/{r['features']}": r["extra_predicted"][i] for r in rows}}
+            f"{r.property}/{r.features}": r.extra_predicted[i] for r in rows}}
         records.append(record | ({} if flags is None else flags[i]))
     return records
 
@@ -344,7 +349,7 @@ def _flag(record: dict[str, Any]) -> str:
     return f"yes ({', '.join(record['spaces'])})" if record["ood"] else "no"
 
 
-def _scatter(path: Path, rows: list[dict[str, Any]]) -> None:
+def _scatter(path: Path, rows: list[ProbeRow]) -> None:
     """Predicted against true test values of one property, one panel per feature set."""
     import matplotlib
 
@@ -353,12 +358,12 @@ def _scatter(path: Path, rows: list[dict[str, Any]]) -> None:
 
     fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.2), squeeze=False)
     for ax, row in zip(axes[0], rows):
-        truth, predicted = row["test_truth"], row["test_predicted"]
+        truth, predicted = row.test_truth, row.test_predicted
         ax.scatter(truth, predicted, s=8, alpha=0.6)
         low, high = min(truth + predicted), max(truth + predicted)
         ax.plot([low, high], [low, high], color="grey", linewidth=0.8)
-        ax.set(title=f"{row['features']}: R² {row['r2_test']:.2f}, τ {row['tau_test']:.2f}",
-               xlabel=f"true {row['property']}", ylabel="predicted")
+        ax.set(title=f"{row.features}: R² {row.r2_test:.2f}, τ {row.tau_test:.2f}",
+               xlabel=f"true {row.property}", ylabel="predicted")
     fig.tight_layout()
     atomic.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
