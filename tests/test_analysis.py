@@ -13,7 +13,7 @@ from sane.cli import main
 from sane.downstream.analysis import correlations
 from sane.errors import FormatError
 from sane.pipeline import Pipeline
-from sane.stages.analyze import latent_spread
+from sane.stages.analyze import layer_spreads
 from sane.weights.spectral import fit_power_law, layer_metrics, spectrum
 
 
@@ -62,9 +62,9 @@ def test_correlations_use_the_finite_rows_only():
     assert correlations(np.ones(5), y)["pearson"] is None
 
 
-def test_latent_spread_is_the_std_over_a_layers_tokens(random_store, tiny_run):
+def test_layer_spreads_are_the_std_over_a_layers_tokens(random_store, tiny_run):
     _, model = tiny_run
-    spread = latent_spread(Pipeline(model, random_store.tokenizer), random_store, batch_size=7,
+    spread = layer_spreads(Pipeline(model, random_store.tokenizer), random_store, batch_size=7,
                            progress=False)
     assert spread.shape == (36, 5)
     with torch.no_grad():

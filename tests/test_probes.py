@@ -159,7 +159,8 @@ def test_predict_properties_writes_results_and_embeddings(random_store, tiny_run
         (f, p) for f in ("SANE", "SANE+std", "W", "sW-layer")
         for p in ("test_acc", "epoch", "ggap")}
     saved = json.loads((tmp_path / "p" / "probes.json").read_text())
-    assert saved["store"] == str(random_store.path.resolve()) and saved["results"] == [r.to_dict() for r in rows]
+    assert saved["store"] == str(random_store.path.resolve())
+    assert saved["results"] == [r.to_dict() for r in rows]
     assert np.load(tmp_path / "p" / "embeddings.npy").shape == (36, 16)
     text = (tmp_path / "p" / "probes.md").read_text()
     assert "| Acc |" in text and "## Kendall τ" in text and "![Acc](scatter-test_acc.png)" in text

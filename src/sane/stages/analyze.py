@@ -40,7 +40,7 @@ from sane.weights.store import TokenStore
 METRICS = ("z_spread", "log_spectral_norm", "alpha", "alpha_weighted")
 
 
-def latent_spread(pipe: Pipeline, store: TokenStore, *, batch_size: int = 16,
+def layer_spreads(pipe: Pipeline, store: TokenStore, *, batch_size: int = 16,
                   progress: bool = True) -> np.ndarray:
     """``[M, L]``: ``ẑ_l`` (:func:`~sane.downstream.analysis.layer_spread`) of every store
     row and token layer, the latents from the engine (:meth:`Pipeline.latents`)."""
@@ -79,7 +79,7 @@ def analyze(run: str | Path, out: str | Path, *, store: str | Path | None = None
     """Run the layer analysis of the store of ``run`` (or ``store``) into ``out``."""
     tokens = Run(run).store(store)
     pipe = Pipeline(Run(run).model(), tokens.tokenizer)
-    per_layer = {"z_spread": latent_spread(pipe, tokens, progress=progress),
+    per_layer = {"z_spread": layer_spreads(pipe, tokens, progress=progress),
                  **spectral_metrics(tokens, progress=progress)}
     accuracy = tokens.property("test_acc")
     with _all_nan_is_nan():
