@@ -16,7 +16,8 @@
 #   frontier-sane-VARIANT/frontier.md, paths-sane-VARIANT.md, probe-sane-VARIANT/probes.md.
 # - fmnist-seed: the store of `sane reproduce --scale fmnist-seed`, each SANE as that
 #   command pretrains it (100 epochs, batch 32, bf16; noise-0 *is* its SANE); the first 10
-#   training models as prompts, 50 draws, 10 kept, as its frontier stage. Runs in
+#   training models as prompts, 50 draws, 10 kept, as its frontier stage; and transfer to
+#   cnn_s_wide and cnn_s_deep from that command's 3 prompts each. Runs in
 #   runs/fmnist-seed-VARIANT, results in runs/fmnist-seed-latent/.
 # Each process runs on one thread (two side by side on 2 cores; see docs/scaling.md).
 set -euo pipefail
@@ -68,5 +69,13 @@ for v in "${VARIANTS[@]}"; do
   echo "== $v: probe $(date +%T)"
   test -f $D/probe-sane-$v/probes.md || $SANE probe $run --out $D/probe-sane-$v \
     > $D/probe-sane-$v.log 2>&1
+  if [ $ZOO = fmnist-seed ]; then  # transfer, as the reproduction's stage does (one seed)
+    for arch in cnn_s_wide cnn_s_deep; do
+      echo "== $v: transfer to $arch $(date +%T)"
+      test -f $D/transfer-$arch-$v/samples.md || $SANE sample $run --out $D/transfer-$arch-$v \
+        --prompts-from runs/reproduce-fmnist-seed/transfer-$arch/zoo --prompts 3 --samples 50 \
+        --keep 10 > $D/transfer-$arch-$v.log 2>&1
+    done
+  fi
 done
 echo "== done $(date +%T)"
