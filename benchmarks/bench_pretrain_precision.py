@@ -12,8 +12,11 @@ measured in the same run, before and after the presets, and each rate is printed
 of its precision's peak (the load average is printed beside them: the machine may be shared).
 On a busy machine, run it with ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads that spin while a
 core is taken by another process made a 2-thread step 13× slower here (measured).
+``--profile`` adds, per preset, where a bf16 step's time goes (torch.profiler, self CPU
+time by operator: matrix products, dtype casts, the rest), the measure of what bounds the
+rate below the matmul peak.
 Run: ``.venv/bin/python benchmarks/bench_pretrain_precision.py [--presets tiny,cpu,small]
-[--device cuda --presets cnn --batch 256 --peak-tflops 989]``.
+[--profile] [--device cuda --presets cnn --batch 256 --peak-tflops 989]``.
 """
 
 from __future__ import annotations
@@ -83,6 +86,16 @@ class Step:
         self._sync()
         return steps / (time.perf_counter() - start)
 
+    def profile(self, precision: str, steps: int = 5) -> dict[str, float]:
+        """Share of self CPU time per operator over ``steps`` steps (after one warm-up)."""
+        self(precision)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                self(precision)
+        times = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+        total = sum(times.values())
+        return {k: v / total for k, v in sorted(times.items(), key=lambda kv: -kv[1])}
+
     def flops(self) -> int:
         """FLOPs of one step, counted in float32."""
         counter = FlopCounterMode(display=False)
@@ -103,6 +116,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
+    parser.add_argument("--profile", action="store_true",
+                        help="print where a bf16 step's time goes, per preset")
     parser.add_argument("--peak-tflops", type=float,
                         help="the device's dense bf16 peak, for the FLOP utilization")
     args = parser.parse_args()
@@ -131,6 +146,8 @@ def main() -> None:
         fp32 = step.per_second("fp32", args.steps, args.warmup)
         bf16 = step.per_second("bf16", args.steps, args.warmup)
         rows.append((preset, flops, fp32, bf16))
+        if args.profile:
+            _print_profile(preset, step.profile("bf16"))
     if cpu:
         measure_peaks()
     print("| preset | fp32 steps/s | bf16 steps/s | bf16 / fp32 | GFLOP/step | fp32 GFLOP/s "
@@ -143,6 +160,20 @@ def main() -> None:
         print(f"| {preset} | {fp32:.2f} | {bf16:.2f} | {bf16 / fp32:.2f}× | {flops / 1e9:.1f} "
               f"| {flops * fp32 / 1e9:.1f} | {flops * fp32 / fp32_peak:.1%} "
               f"| {rate / 1e9:.1f} | {rate / bf16_peak:.1%} | {mfu} |", flush=True)
+
+
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul",
+           "aten::linear", "aten::_scaled_dot_product_flash_attention_for_cpu",
+           "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+CASTS = ("aten::copy_", "aten::to", "aten::_to_copy")
+
+
+def _print_profile(preset: str, shares: dict[str, float]) -> None:
+    matmul = sum(v for k, v in shares.items() if k in MATMULS)
+    casts = sum(v for k, v in shares.items() if k in CASTS)
+    top = ", ".join(f"{k} {v:.0%}" for k, v in list(shares.items())[:8])
+    print(f"{preset} bf16 step, self CPU time: matrix products {matmul:.0%}, casts "
+          f"{casts:.0%}, the rest {1 - matmul - casts:.0%}; largest: {top}", flush=True)
 
 
 if __name__ == "__main__":
