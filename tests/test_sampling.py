@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -229,6 +230,31 @@ def test_sampling_for_a_new_task_scores_on_that_dataset(tiny_run, tmp_path):
     assert report.request.dataset == "digits" and len(report.prompts) == 2
     with pytest.raises(ConfigError, match="'mnist1d' cannot feed the zoo's cnn_s"):
         sample_from_run(tiny_run[0], tmp_path / "b", config=config, dataset="mnist1d")
+
+
+def test_prompts_from_held_out_models_of_the_store(tiny_run, tmp_path, capsys):
+    from sane.stages.prompts import SampleRequest
+    from sane.stages.sample import SampleResult, sample_from_run
+    from sane.weights.store import TokenStore
+
+    config = SamplingConfig(samples=2, keep=1)
+    result = sample_from_run(tiny_run[0], tmp_path / "a", prompts=2, config=config,
+                             prompt_split="test")
+    store = TokenStore.open(result.request.store)
+    test_models = sorted({store.rows[r][0] for r in store.split_rows("test").tolist()})
+    assert [p.model for p in result.prompts] == test_models[:2]
+    assert result.request.prompt_split == "test"
+    assert SampleResult.load(tmp_path / "a").request == result.request
+    saved = json.loads((tmp_path / "a" / "samples.json").read_text())["request"]
+    assert saved["prompt_split"] == "test"
+    # the default split is not written, so that earlier requests read the same
+    default = dataclasses.replace(result.request, prompt_split="train")
+    assert "prompt_split" not in default.to_dict()
+    with pytest.raises(ConfigError, match="split, not 'holdout'"):
+        SampleRequest("r", None, 1, None, False, config, None, None, prompt_split="holdout")
+    assert main(["sample", str(tiny_run[0]), "--out", str(tmp_path / "b"), "--prompt-split",
+                 "val", "--prompts", "99"]) == 2
+    assert "val-split models are in the store; 99 prompts" in capsys.readouterr().err
 
 
 def _val_acc(store, row):

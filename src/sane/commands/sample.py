@@ -46,7 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         default=None,
                         help="--bandwidth is the noise standard deviation itself")
     sample.add_argument("--best-prompts", action="store_true", default=None,
-                        help="take the most accurate training models as prompts, not the first")
+                        help="take the most accurate models as prompts, not the first")
+    sample.add_argument("--prompt-split", choices=("train", "val", "test"),
+                        help="take the prompts from the store's models of this split (default "
+                        "train; val or test: models held out from pretraining)")
     sample.add_argument("--prior-std", type=float,
                         help="start from N(0, STD²) latents instead of prompts")
     sample.add_argument("--dataset",
@@ -79,6 +82,7 @@ def _sample(args: argparse.Namespace) -> None:
     options = given(
         store=args.store, prompts=args.prompts, prompt_epoch=args.prompt_epoch,
         best_prompts=args.best_prompts, dataset=args.dataset, root=args.root,
+        prompt_split=args.prompt_split,
         prompts_from=args.prompts_from, device=args.device, precision=args.precision)
     if len(bandwidths) > 1:
         sample_frontier(args.run, args.out, bandwidths, config=config, **options)

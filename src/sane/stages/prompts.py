@@ -4,7 +4,8 @@ Prompts come from one of two places:
 
 - **the store** SANE was pretrained on (:func:`store_prompts`): the first ``count``
   training-split models (in id order, or the most accurate on the validation split) at one
-  stored epoch, in the store's tokens; scored on the zoo's task or a new one of the same
+  stored epoch, in the store's tokens (or models of the validation or test split: held out
+  from pretraining); scored on the zoo's task or a new one of the same
   input and classes; the other training models at that epoch come along, to measure how
   close samples lie to them (:mod:`sane.downstream.memorization`);
 - **a zoo of a target architecture** (:func:`zoo_prompts`), e.g. 1-5 models of a wider or
@@ -89,11 +90,12 @@ class Prompts:
 
 
 def store_prompts(store: TokenStore, count: int | None, epoch: int | None = None, *,
-                  best: bool = False, dataset: str | None = None, root: str | None = None
-                  ) -> Prompts:
-    """Prompts from the store (:func:`prompt_rows`; ``count`` None: every training model),
-    for its zoo's task or ``dataset``, with every training model at the same epochs."""
-    rows = prompt_rows(store, count, epoch, best=best)
+                  best: bool = False, dataset: str | None = None, root: str | None = None,
+                  split: str = "train") -> Prompts:
+    """Prompts from the store's models of ``split`` (:func:`prompt_rows`; ``count`` None:
+    all of them), for its zoo's task or ``dataset``, with every training model at the same
+    epochs."""
+    rows = prompt_rows(store, count, epoch, best=best, split=split)
     everyone = prompt_rows(store, None, epoch)
     training: dict[int, list[dict[str, torch.Tensor]]] = {}
     if len(everyone) * store.tokens[0].nbytes <= TRAINING_BYTES:
@@ -143,13 +145,17 @@ def zoo_prompts(zoo_path: str | Path, source: Tokenizer, count: int,
                    relative_positions(source.manifest, manifest), zoo_data(zoo), fresh)
 
 
+SPLITS = ("train", "val", "test")
+
+
 @dataclass(frozen=True)
 class SampleRequest:
     """What ``sane sample`` was asked: the pretraining ``run`` (absolute path), prompts from
     its ``store`` (absolute path; None with ``prompts_from``, a zoo of another architecture),
     ``prompts`` of them at ``prompt_epoch`` (None: each model's last), the most accurate on
-    validation with ``best_prompts``, scored on ``dataset`` read from ``root`` (None: the
-    zoo's own task), sampled by ``config`` with the SANE in ``precision``. An output
+    validation with ``best_prompts``, of the store's ``prompt_split`` models (the training
+    split, or held-out ones), scored on ``dataset`` read from ``root`` (None: the zoo's own
+    task), sampled by ``config`` with the SANE in ``precision``. An output
     directory whose ``samples.json`` holds an equal request is reused."""
 
     run: str
@@ -162,16 +168,22 @@ class SampleRequest:
     root: str | None
     prompts_from: str | None = None
     precision: str = "fp32"
+    prompt_split: str = "train"
+
+    def __post_init__(self) -> None:
+        if self.prompt_split not in SPLITS:
+            raise ConfigError(f"prompts come from the store's {', '.join(SPLITS)} split, not "
+                              f"{self.prompt_split!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The request as ``samples.json`` holds it: ``prompts_from`` and ``precision``
-        only when they differ from their defaults, so that the requests of earlier versions
-        (which had neither) read the same."""
+        """The request as ``samples.json`` holds it: ``prompts_from``, ``precision`` and
+        ``prompt_split`` only when they differ from their defaults, so that the requests of
+        earlier versions (which had none of them) read the same."""
         table = dataclasses.asdict(self)
-        if self.prompts_from is None:
-            del table["prompts_from"]
-        if self.precision == "fp32":
-            del table["precision"]
+        for key, default in (("prompts_from", None), ("precision", "fp32"),
+                             ("prompt_split", "train")):
+            if table[key] == default:
+                del table[key]
         return table
 
 
@@ -182,17 +194,18 @@ def request_prompts(request: SampleRequest) -> Prompts:
                            request.prompts, request.prompt_epoch, best=request.best_prompts)
     return store_prompts(Run(request.run).store(request.store), request.prompts,
                          request.prompt_epoch, best=request.best_prompts,
-                         dataset=request.dataset, root=request.root)
+                         dataset=request.dataset, root=request.root,
+                         split=request.prompt_split)
 
 
 def prompt_rows(store: TokenStore, count: int | None, epoch: int | None, *,
-                best: bool = False) -> list[int]:
-    """Store rows of ``count`` training-split models (None: all of them) at ``epoch``
+                best: bool = False, split: str = "train") -> list[int]:
+    """Store rows of ``count`` models of ``split`` (None: all of them) at ``epoch``
     (default: each model's last stored epoch): the first in id order, or with ``best``
     those of highest validation accuracy (the KDE30 protocol fits its KDE on the best 30 %);
     never ranked by test accuracy, which only reports."""
     by_model: dict[str, dict[int, int]] = {}
-    for row in store.split_rows("train").tolist():
+    for row in store.split_rows(split).tolist():
         model_id, e, _ = store.rows[row]
         by_model.setdefault(model_id, {})[e] = row
     rows = []
@@ -205,8 +218,8 @@ def prompt_rows(store: TokenStore, count: int | None, epoch: int | None, *,
         count = len(rows)
     if len(rows) < count:
         which = "in the store" if epoch is None else f"with epoch {epoch} in the store"
-        raise ConfigError(f"{store.path}: {len(rows)} training models are {which}; {count} "
-                          "prompts were asked for")
+        raise ConfigError(f"{store.path}: {len(rows)} {split}-split models are {which}; "
+                          f"{count} prompts were asked for")
     if best:
         accuracy = store.property("val_acc")
         unknown = [store.rows[r][0] for r in rows if np.isnan(accuracy[r])]

@@ -251,10 +251,12 @@ def sample_from_run(
     prompt_epoch: int | None = None, best_prompts: bool = False,
     config: SamplingConfig | None = None, dataset: str | None = None, root: str | None = None,
     prompts_from: str | Path | None = None, device: str = "cpu", precision: str = "auto",
+    prompt_split: str = "train",
 ) -> SampleResult:
     """Sample models with the SANE in ``run`` around ``prompts`` prompt models: training
     models of ``store`` (default: the run's; with ``best_prompts`` the most accurate on
-    validation), scored on its zoo's task or on ``dataset`` (read from ``root``); or, with
+    validation; with ``prompt_split`` "val" or "test", models held out from pretraining),
+    scored on its zoo's task or on ``dataset`` (read from ``root``); or, with
     ``prompts_from``, models of a zoo of another architecture, scored on that zoo's task
     (:mod:`sane.stages.prompts`). The SANE computes on ``device`` in ``precision``
     (:meth:`sane.model.SANE.from_pretrained`). Prompts of several architectures are sampled
@@ -263,16 +265,19 @@ def sample_from_run(
     request is returned as it is."""
     config = config or SamplingConfig()
     out = Path(out)
-    if prompts_from is not None and (store is not None or dataset is not None):
+    if prompts_from is not None and (store is not None or dataset is not None
+                                     or prompt_split != "train"):
         raise ConfigError("prompts from a zoo of the target architecture are scored on that "
-                          "zoo's task: give --prompts-from without --store or --dataset")
+                          "zoo's task: give --prompts-from without --store, --dataset or "
+                          "--prompt-split")
     request = SampleRequest(
         run=str(Path(run).resolve()),
         store=None if prompts_from is not None else str(Run(run).store(store).path.resolve()),
         prompts=prompts, prompt_epoch=prompt_epoch, best_prompts=best_prompts, config=config,
         dataset=dataset, root=root,
         prompts_from=None if prompts_from is None else str(Path(prompts_from).resolve()),
-        precision=inference_precision(precision, usable_device(device)))
+        precision=inference_precision(precision, usable_device(device)),
+        prompt_split=prompt_split)
     if (out / "samples.json").is_file():
         done = _done(out, request)
         if done is not None:
