@@ -2,7 +2,8 @@
 # Issue 20: do latent-noise training or the behavioural loss make SANE's latent neighbourhoods
 # and paths keep function? One SANE per variant, then for each: the novelty-quality frontier
 # (`sane sample --bandwidth ...`, test accuracy against distance beside per-tensor and
-# isotropic noise, selected on validation), latent against weight paths plus zero-shot
+# isotropic noise, selected on validation) around training models and around models held
+# out from pretraining (--prompt-split test), latent against weight paths plus zero-shot
 # priors (benchmarks/bench_latent_paths.py) and the probes (`sane probe`: does property
 # prediction regress?). Finished steps are reused.
 #
@@ -13,7 +14,9 @@
 # - digits: a seed zoo of 100 CNN-s (5 epochs), each SANE the cpu preset for 30 epochs
 #   (batch 16, bf16); 10 prompts, the best on validation, 30 draws, 10 kept. Results in
 #   runs/digits-seed/: sane-VARIANT/report.md (the decoded models' fidelity),
-#   frontier-sane-VARIANT/frontier.md, paths-sane-VARIANT.md, probe-sane-VARIANT/probes.md.
+#   frontier-sane-VARIANT/frontier.md, heldout-frontier-sane-VARIANT/frontier.md,
+#   paths-sane-VARIANT.md, probe-sane-VARIANT/probes.md. Then
+#   benchmarks/latent_objectives_summary.py puts them side by side and names the winner.
 # - fmnist-seed: the store of `sane reproduce --scale fmnist-seed`, each SANE as that
 #   command pretrains it (100 epochs, batch 32, bf16; noise-0 *is* its SANE); the first 10
 #   training models as prompts, 50 draws, 10 kept, as its frontier stage; and transfer to
@@ -63,6 +66,10 @@ for v in "${VARIANTS[@]}"; do
   echo "== $v: frontier $(date +%T)"
   test -f $D/frontier-sane-$v/frontier.md || $SANE sample $run --out $D/frontier-sane-$v \
     $PROMPTS --bandwidth 0.1,0.25,0.5,1 > $D/frontier-sane-$v.log 2>&1
+  echo "== $v: frontier around held-out prompts $(date +%T)"
+  test -f $D/heldout-frontier-sane-$v/frontier.md || $SANE sample $run \
+    --out $D/heldout-frontier-sane-$v --prompt-split test $PROMPTS \
+    --bandwidth 0.1,0.25,0.5,1 > $D/heldout-frontier-sane-$v.log 2>&1
   echo "== $v: paths $(date +%T)"
   test -s $D/paths-sane-$v.md || .venv/bin/python benchmarks/bench_latent_paths.py $run \
     --pairs 10 --samples 20 > $D/paths-sane-$v.md
