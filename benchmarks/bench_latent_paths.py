@@ -4,8 +4,9 @@ Two measurements on a pretraining run and its store, every model scored by test 
 (batch norm conditioned on training images, as sampled models are); nothing is selected,
 so nothing is chosen on test:
 
-- **Paths.** The ``--pairs`` pairs of consecutive best-on-validation training models at the
-  prompts' epoch (aligned, as the store holds them): the model decoded from the latent line
+- **Paths.** The ``--pairs`` pairs of consecutive best-on-validation models of the store's
+  ``--split`` (default train; val or test: models held out from pretraining) at the prompts'
+  epoch (aligned, as the store holds them): the model decoded from the latent line
   ``(1 - t) · z_a + t · z_b`` (:meth:`sane.pipeline.Pipeline.interpolate`) against the
   weight average ``(1 - t) · w_a + t · w_b``, for each ``t`` of ``--ts``; t = 0 is the
   reconstruction of ``a`` against ``a`` itself.
@@ -49,15 +50,17 @@ def main() -> None:
     parser.add_argument("--ts", default="0,0.25,0.5", help="points on the line (comma list)")
     parser.add_argument("--samples", type=int, default=20, help="draws per prior")
     parser.add_argument("--epoch", type=int, default=None, help="default: the last stored")
+    parser.add_argument("--split", default="train", choices=("train", "val", "test"),
+                        help="the models whose paths are measured (default train)")
     args = parser.parse_args()
     started = time.time()
     pipe = Pipeline.from_pretrained(args.run)
     store = Run(args.run).store()
-    ranked = store_prompts(store, None, args.epoch, best=True)  # every training model
+    ranked = store_prompts(store, None, args.epoch, best=True, split=args.split)
     first = ranked.arch_index[0]  # pairs of one architecture (a zoo may mix several)
     states = [s for s, a in zip(ranked.states, ranked.arch_index) if a == first]
     if len(states) < args.pairs + 1:
-        parser.error(f"{len(states)} training models of one architecture; --pairs "
+        parser.error(f"{len(states)} {args.split} models of one architecture; --pairs "
                      f"{args.pairs} needs {args.pairs + 1}")
     target = zoo_target(ranked.architectures[first], ranked.data)
     generator = torch.Generator().manual_seed(0)
@@ -82,7 +85,7 @@ def main() -> None:
                      f"{latent[:, j].mean() - weight[:, j].mean():+.3f} "
                      f"[{low:+.3f}, {high:+.3f}]"])
     ends = np.array([test_acc(s) for s in states[: args.pairs + 1]])
-    print(f"Paths between {args.pairs} pairs of aligned training models at epoch "
+    print(f"Paths between {args.pairs} pairs of aligned {args.split}-split models at epoch "
           f"{ranked.ids[0][1]} (test accuracy; the models themselves: {_mean(ends)}):\n")
     print(markdown.table(["t", "latent line", "weight line", "latent − weight [95 %]"], rows))
 

@@ -15,7 +15,8 @@
 #   (batch 16, bf16); 10 prompts, the best on validation, 30 draws, 10 kept. Results in
 #   runs/digits-seed/: sane-VARIANT/report.md (the decoded models' fidelity),
 #   frontier-sane-VARIANT/frontier.md, heldout-frontier-sane-VARIANT/frontier.md,
-#   paths-sane-VARIANT.md, probe-sane-VARIANT/probes.md. Then
+#   paths-sane-VARIANT.md (training models), heldout-paths-sane-VARIANT.md (test-split
+#   models), probe-sane-VARIANT/probes.md. Then
 #   benchmarks/latent_objectives_summary.py puts them side by side and names the winner.
 # - fmnist-seed: the store of `sane reproduce --scale fmnist-seed`, each SANE as that
 #   command pretrains it (100 epochs, batch 32, bf16; noise-0 *is* its SANE); the first 10
@@ -73,6 +74,8 @@ for v in "${VARIANTS[@]}"; do
   echo "== $v: paths $(date +%T)"
   test -s $D/paths-sane-$v.md || .venv/bin/python benchmarks/bench_latent_paths.py $run \
     --pairs 10 --samples 20 > $D/paths-sane-$v.md
+  test -s $D/heldout-paths-sane-$v.md || .venv/bin/python benchmarks/bench_latent_paths.py \
+    $run --pairs 10 --samples 20 --split test > $D/heldout-paths-sane-$v.md
   echo "== $v: probe $(date +%T)"
   test -f $D/probe-sane-$v/probes.md || $SANE probe $run --out $D/probe-sane-$v \
     > $D/probe-sane-$v.log 2>&1
