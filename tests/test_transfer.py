@@ -106,7 +106,7 @@ def test_sane_sample_prompts_from_a_wider_zoo_and_finetune(trained_store, wide_z
     capsys.readouterr()
     assert main(["sample", str(run), "--prompts-from", str(wide_zoo.path), "--store",
                  str(trained_store.path), "--out", str(tmp_path / "x")]) == 2
-    assert "without --store or --dataset" in capsys.readouterr().err
+    assert "without --store, --dataset or --prompt-split" in capsys.readouterr().err
     zoo = Zoo.open(wide_zoo.path)
     assert len(zoo.models) == 3
 
