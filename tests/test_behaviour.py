@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -61,7 +63,16 @@ def test_bad_settings_are_refused(trained_store):
         PretrainConfig(behaviour=-1.0)
 
 
-def test_pretraining_with_the_behavioural_loss_records_it(trained_store, tmp_path):
+def test_pretraining_with_the_behavioural_loss_records_it_and_clips(trained_store, tmp_path,
+                                                                   monkeypatch):
+    clip = torch.nn.utils.clip_grad_norm_
+    norms = []
+
+    def recording(parameters, max_norm):
+        norms.append(max_norm)
+        return clip(parameters, max_norm)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording)
     config = PretrainConfig(preset="tiny", epochs=1, batch_size=8, behaviour=0.5,
                             behaviour_models=2, behaviour_images=8, fidelity_models=2,
                             model={"d_model": 32, "n_layers": 1})
@@ -69,3 +80,8 @@ def test_pretraining_with_the_behavioural_loss_records_it(trained_store, tmp_pat
     record = history[-1]
     assert record["train_behaviour"] > 0
     assert "val_behaviour" not in record  # validation windows measure reconstruction only
+    assert norms and set(norms) == {1.0}  # every step's gradient clipped to norm 1
+    norms.clear()
+    plain = dataclasses.replace(config, behaviour=0.0)
+    pretrain(trained_store.path, tmp_path / "plain", plain, progress=False)
+    assert norms == []  # without the behavioural loss nothing is clipped
