@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from sane.errors import ConfigError
+from sane.model.sane import mean_latent_std
 from sane.zoo.batchnorm import condition_batchnorm, has_batchnorm
 from sane.zoo.layout import rename_positionally
 
@@ -118,8 +119,9 @@ class Samples:
 
 def latent_spread(latents: torch.Tensor) -> float:
     """The standard deviation of each latent dimension over all sequences and tokens of
-    ``latents [E, N, d_z]``, averaged over the dimensions."""
-    return latents.flatten(0, 1).std(dim=0, correction=0).mean().item()
+    ``latents [E, N, d_z]``, averaged over the dimensions
+    (:func:`sane.model.sane.mean_latent_std`, as a number)."""
+    return mean_latent_std(latents).item()
 
 
 def kde_sample(prompts: torch.Tensor, count: int, noise_std: float,

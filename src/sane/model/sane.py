@@ -124,6 +124,14 @@ class ProjectionHead(nn.Module):
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def mean_latent_std(latents: torch.Tensor) -> torch.Tensor:
+    """The standard deviation of each latent dimension of ``latents [..., d_z]`` over all
+    other axes (sequences and tokens), averaged over the dimensions: a 0-dim float32 tensor,
+    not differentiated. Latent-noise training and the sampler's bandwidth
+    (:func:`sane.downstream.sampling.latent_spread`) are relative to it."""
+    return latents.detach().flatten(0, -2).float().std(dim=0, correction=0).mean()
+
+
 def inference_precision(precision: str, device: torch.device | str) -> str:
     """``"fp32"`` or ``"bf16"`` for whole-model encoding and decoding on ``device``: ``"auto"``
     is bf16 on a CUDA device that computes it, fp32 elsewhere (on CPU, bf16 would change the
@@ -217,7 +225,7 @@ class SANE(nn.Module):
         z = self.encode(tokens, positions)
         decoded_from = z
         if latent_noise > 0:
-            spread = z.detach().flatten(0, 1).float().std(dim=0, correction=0).mean()
+            spread = mean_latent_std(z)
             scale = latent_noise * spread * torch.rand(len(z), 1, 1, device=z.device)
             decoded_from = z + scale.to(z.dtype) * torch.randn_like(z)
         return z, self.decode(decoded_from, positions), self.project(z)
