@@ -14,12 +14,14 @@ class IdentityAutoencoder:
     """Stands in for SANE: latents are the tokens themselves, so sampling is exact."""
 
     def __init__(self, token_size: int) -> None:
-        self.config = SimpleNamespace(d_latent=token_size, token_size=token_size)
+        self.config = SimpleNamespace(d_latent=token_size, token_size=token_size,
+                                      window_size=16)
 
     def eval(self) -> IdentityAutoencoder:
         return self
 
-    def encode_sequence(self, tokens, positions):
+    def encode_sequence(self, tokens, positions, *, window=None, halo=None):
+        """The tokens, however they are cut into windows."""
         if isinstance(tokens, Sequences):  # made on demand, as the pipeline gives them
             return torch.stack([tokens.read(i, 0, tokens.length) for i in range(tokens.count)])
         return tokens.clone()

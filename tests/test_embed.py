@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 import sane
 from sane.checkpoints import read_state_dict
 from sane.cli import main
+from sane.downstream.features import spread_features
 from sane.errors import ConfigError, FormatError
 from sane.model import SANE
 from sane.pipeline import Pipeline
@@ -139,31 +140,41 @@ def test_pipeline_outputs_take_the_form_of_its_inputs(trained_store, tiny_digits
         pipe.sample([dropout], 0)
 
 
-def test_an_embedding_averages_the_aligned_model_and_fixed_random_permutations(
+def test_an_embedding_averages_each_token_over_the_aligned_model_and_fixed_random_permutations(
         trained_store, tiny_digits_run):
     pipe = sane.Pipeline(tiny_digits_run, trained_store.tokenizer)
     tokenizer, spec = trained_store.tokenizer, trained_store.tokenizer.spec
     nets = [build_model(trained_store.architecture(0), seed=s) for s in (1, 2)]
     views = embedding_views(spec, 3, seed=7)
     assert views[0] is None and len(views) == 4
-    n, expected = tokenizer.manifest.num_tokens, []
+    n, positions = tokenizer.manifest.num_tokens, tokenizer.manifest.positions()
+    window = tiny_digits_run.config.window_size
+    assert n > window  # several windows: tiling differs from haloing
+    averaged, aligned_only = [], []
     for net in nets:  # each view's tokens made from the permuted state dict, then encoded
         aligned = tokenizer.aligned(net.state_dict())
         views_tokens = [tokenizer.reader(aligned if p is None else apply_permutation(
             aligned, spec, p), aligned=True)(0, n) for p in views]
-        with torch.no_grad():
-            latents = tiny_digits_run.encode_sequence(torch.stack(views_tokens),
-                                                      tokenizer.manifest.positions())
-        expected.append(latents.mean(1).mean(0).double().numpy())
-    embedded = pipe.embed(nets, permutations=3, seed=7)
-    np.testing.assert_allclose(embedded, np.stack(expected), atol=1e-6)
-    # the same views for every model: a model's embedding does not depend on its company
-    np.testing.assert_array_equal(pipe.embed(nets[1:], permutations=3, seed=7), embedded[1:])
-    assert not np.allclose(pipe.embed(nets, permutations=3, seed=8), embedded, atol=1e-4)
-    # no permutation: the mean latent of the aligned model
-    np.testing.assert_allclose(pipe.embed(nets, permutations=0),
-                               torch.stack([z.mean(0) for z in pipe.latents(nets)]).numpy(),
+        with torch.no_grad():  # windows side by side, no halo
+            latents = tiny_digits_run.encode_sequence(torch.stack(views_tokens), positions,
+                                                      window=window, halo=0)
+        averaged.append(latents.mean(0))  # each token over the views: [N, d_z]
+        aligned_only.append(latents[0])
+    embedded = pipe.embed(nets, permutations=3, seed=7, spread=True)
+    np.testing.assert_allclose(embedded, spread_features(torch.stack(averaged)).numpy(),
+                               atol=1e-5)
+    d = tiny_digits_run.config.d_latent
+    np.testing.assert_allclose(pipe.embed(nets, permutations=3, seed=7), embedded[:, :d],
                                atol=1e-6)
+    # the same views for every model: a model's embedding does not depend on its company
+    np.testing.assert_array_equal(pipe.embed(nets[1:], permutations=3, seed=7), embedded[1:, :d])
+    assert not np.allclose(pipe.embed(nets, permutations=3, seed=8), embedded[:, :d], atol=1e-4)
+    # no permutation: the mean latent of the aligned model, tiled (not haloed)
+    once = pipe.embed(nets, permutations=0)
+    np.testing.assert_allclose(once, torch.stack([z.mean(0) for z in aligned_only]).numpy(),
+                               atol=1e-6)
+    haloed = torch.stack([z.mean(0) for z in pipe.latents(nets)]).numpy()
+    assert not np.allclose(once, haloed, atol=1e-6)
     # already aligned checkpoints (a store's) skip weight matching, to the same embeddings
     states = [trained_store.state_dict(r) for r in range(3)]
     np.testing.assert_allclose(pipe.embed(states, permutations=3, seed=7, aligned=True),

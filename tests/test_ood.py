@@ -106,6 +106,12 @@ def test_a_run_rebuilds_a_reference_of_an_earlier_sane(tiny_run, random_store, t
         "models": expected.models}))
     with pytest.raises(FormatError, match="rerun the same `sane pretrain` command"):
         OODReference.load(run)
+    # version 2: embeddings of haloed views, which no longer match `sane embed`'s
+    (run / "ood.json").write_text(json.dumps({**json.loads((run / "ood.json").read_text()),
+                                              "version": 2}))
+    with pytest.raises(FormatError, match=r"haloed views.*remove .*ood-\*\.npy and rerun the "
+                                          "same `sane pretrain` command"):
+        OODReference.load(run)
     (run / "ood.json").unlink()
     (run / "ood.npy").unlink()
     config = tmp_path / "tiny.toml"  # that of tiny_run

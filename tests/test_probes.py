@@ -126,13 +126,14 @@ def test_classification_probes_beat_the_majority_class_when_features_know():
     assert "| activation | 3 | 0.333 |" in class_markdown_table(rows)
 
 
-def test_embeddings_are_the_haloed_mean_latents_in_store_order(random_store, tiny_run):
+def test_embeddings_are_the_tiled_mean_latents_in_store_order(random_store, tiny_run):
     _, model = tiny_run
     z = store_embeddings(Pipeline(model, random_store.tokenizer), random_store, batch_size=5,
                          progress=False, permutations=0)
     assert z.shape == (36, model.config.d_latent) and z.dtype == np.float64
     with torch.no_grad():
-        expected = model.embed(torch.tensor(random_store.tokens[7:9]), random_store.positions)
+        expected = model.embed(torch.tensor(random_store.tokens[7:9]), random_store.positions,
+                               window=model.config.window_size, halo=0)
     np.testing.assert_allclose(z[7:9], expected.double().numpy(), rtol=1e-5, atol=1e-6)
 
 
@@ -187,7 +188,8 @@ def test_sane_std_features_are_the_mean_and_spread_of_the_token_latents(random_s
     assert list(features) == ["SANE+std", "SANE"]
     with torch.no_grad():
         z = model.encode_sequence(torch.tensor(np.array(random_store.tokens[:5])),
-                                  random_store.positions).double().numpy()  # [5, N, 16]
+                                  random_store.positions, window=model.config.window_size,
+                                  halo=0).double().numpy()  # [5, N, 16], tiled
     np.testing.assert_allclose(features["SANE+std"][:5],
                                np.concatenate([z.mean(1), z.std(1)], 1), rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(features["SANE"], features["SANE+std"][:, :16])
@@ -196,7 +198,11 @@ def test_sane_std_features_are_the_mean_and_spread_of_the_token_latents(random_s
     zoo = Zoo.open(random_store.zoo_path)
     states = [zoo.load_checkpoint(m, e) for m, e, *_ in random_store.rows[:3]]
     pipe = Pipeline(model, random_store.tokenizer)
-    z = [latents.double().numpy() for latents in pipe.latents(states)]
+    n = random_store.tokenizer.manifest.num_tokens
+    tokens = torch.stack([random_store.tokenizer.reader(s)(0, n) for s in states])
+    with torch.no_grad():
+        z = model.encode_sequence(tokens, random_store.positions,
+                                  window=model.config.window_size, halo=0).double().numpy()
     np.testing.assert_allclose(pipe.embed(states, spread=True, permutations=0),
                                [np.concatenate([a.mean(0), a.std(0)]) for a in z], rtol=1e-5,
                                atol=1e-7)

@@ -116,14 +116,18 @@ class Pipeline:
         return groups
 
     def _encode(self, k: int, states: list[dict[str, torch.Tensor]],
-                permutation: dict[str, torch.Tensor] | None) -> list[torch.Tensor]:
+                permutation: dict[str, torch.Tensor] | None, *, tiled: bool = False
+                ) -> list[torch.Tensor]:
         """Token latents ``[N, d_z]`` of aligned canonical ``states`` of layout ``k``, each
-        permuted by ``permutation`` first: one haloed pass, whose tokens are made span by
-        span as haloing reads them (never a model's whole sequence ``[N, d_t]``)."""
+        permuted by ``permutation`` first: one haloed pass (``tiled``: one pass of windows
+        side by side, without context around them, at half the cost), whose tokens are made
+        span by span as the passes read them (never a model's whole sequence ``[N, d_t]``)."""
         tokenizer = self.tokenizers[k]
         readers = [tokenizer.reader(s, permutation=permutation, aligned=True) for s in states]
         tokens = _sequences(readers, tokenizer.manifest.num_tokens)
-        return list(self.model.encode_sequence(tokens, self.positions[k]).cpu().float())
+        window, halo = (self.model.config.window_size, 0) if tiled else (None, None)
+        return list(self.model.encode_sequence(tokens, self.positions[k], window=window,
+                                               halo=halo).cpu().float())
 
     def _fitting(self, model: Model) -> int:
         """The index of the first tokenizer that fits ``model``."""
@@ -160,12 +164,15 @@ class Pipeline:
     def embed(self, models: Sequence[Model], *, spread: bool = False,
               permutations: int = PERMUTATIONS, seed: int = 0, aligned: bool = False,
               batch_size: int = 64) -> np.ndarray:
-        """One vector per model, ``[B, d_z]`` float64: the mean of its token latents, averaged
-        over the model as aligned and ``permutations`` random permutations of it (drawn from
-        ``seed``, the same for every model: :func:`embedding_views`; none for an architecture
-        without a permutation spec); with ``spread``, ``[B, 2·d_z]``: the mean, then the
-        standard deviation of the token latents (:func:`spread_features`), each averaged.
-        ``aligned`` as for :meth:`latents`; models are encoded ``batch_size`` at a time."""
+        """One vector per model, ``[B, d_z]`` float64: the mean of its token latents, each
+        token's latent averaged over views of the model, the model as aligned and
+        ``permutations`` random permutations of it (drawn from ``seed``, the same for every
+        model: :func:`embedding_views`; none for an architecture without a permutation spec);
+        with ``spread``, ``[B, 2·d_z]``: the mean, then the standard deviation over tokens of
+        those view-averaged latents (:func:`spread_features`). A view is encoded in windows
+        side by side, without the haloing context of :meth:`latents` (half the cost, the same
+        probe R²: docs/results.md, "Embedding views"). ``aligned`` as for :meth:`latents`;
+        models are encoded ``batch_size`` at a time."""
         layouts = self._layouts(models)
         out = np.empty((len(models), self.model.config.d_latent * (2 if spread else 1)))
         for k, group in layouts.items():
@@ -173,12 +180,10 @@ class Pipeline:
             for start in range(0, len(group), batch_size):
                 part = group[start : start + batch_size]
                 states = self._aligned(k, [models[i] for i in part], aligned)
-                total = torch.zeros(len(part), out.shape[1], dtype=torch.float64)
                 with torch.no_grad():
-                    for perm in views:
-                        z = torch.stack(self._encode(k, states, perm))
-                        total += (spread_features(z) if spread else z.mean(dim=1)).double()
-                out[part] = (total / len(views)).numpy()
+                    z = sum(torch.stack(self._encode(k, states, perm, tiled=True))
+                            for perm in views) / len(views)  # [B, N, d_z]
+                out[part] = (spread_features(z) if spread else z.mean(dim=1)).double().numpy()
         return out
 
     def reconstruct(self, model: Model) -> Model:

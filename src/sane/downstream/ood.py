@@ -35,7 +35,10 @@ from sane.downstream.features import FeatureSet
 from sane.errors import ConfigError, FormatError
 
 FORMAT = "sane-ood-reference"
-VERSION = 2
+VERSION = 3
+# What references of earlier versions lack: they are refused, with the way to rebuild them.
+EARLIER = {1: "SANE distances only",
+           2: "embeddings of haloed views; embeddings now average tiled views"}
 SPACES = (FeatureSet.SANE, FeatureSet.SW_LAYER)
 
 
@@ -144,10 +147,12 @@ class OODReference:
         if not path.is_file():
             return None
         stored = atomic.read_json(path)
-        if isinstance(stored, dict) and stored.get("version") == 1:
-            raise FormatError(f"{path} is a reference of an earlier sane (SANE distances only); "
-                              f"remove {path} and {directory / 'ood.npy'} and rerun the same "
-                              "`sane pretrain` command, which rebuilds it without training")
+        if isinstance(stored, dict) and stored.get("version") in EARLIER:
+            old = "ood.npy" if stored["version"] == 1 else "ood-*.npy"
+            raise FormatError(f"{path} is a reference of an earlier sane "
+                              f"({EARLIER[stored['version']]}); remove {path} and "
+                              f"{directory / old} and rerun the same `sane pretrain` command, "
+                              "which rebuilds it without training")
         meta = atomic.read_manifest(path, FORMAT, VERSION)
         try:
             spaces = [FeatureSet(str(s)) for s in meta["spaces"]]
