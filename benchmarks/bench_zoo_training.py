@@ -10,6 +10,8 @@ measured in the same run. Methods:
 * ``population``: the default path of ``sane zoo train``: the engine of
   :mod:`sane.zoo.population` (grouped convolutions, channels-last) in ``--threads`` worker
   processes of one thread each, ``--models`` models in groups of ``--group-size``;
+* ``population_bf16``: ``population`` under bfloat16 autocast (convolutions and matrix
+  products in bf16, weights, gradients and the optimizer in float32);
 * ``population_threads``: the same engine in one process with ``--threads`` threads, all
   ``--models`` models in one group;
 * ``vmap``: ``torch.func.vmap`` of ``grad`` over the stacked models' parameters;
@@ -18,6 +20,9 @@ measured in the same run. Methods:
 FLOPs are counted analytically: a training step costs three forward passes (forward, input
 gradient, weight gradient) of ``2·MACs`` of every convolution and linear layer; pooling,
 activations and the optimizer are not counted.
+
+``--profile`` then shows where a step of one group goes on one thread (convolutions,
+pooling, the rest; each forward convolution's FLOP/s against one core's share of the peak).
 
 Run: ``.venv/bin/python benchmarks/bench_zoo_training.py [--train-size 6000] [--epochs 1]``.
 Timing is noisy on a shared machine: ``--rounds R`` repeats every method R times,
@@ -144,8 +149,9 @@ def _train_groups(xm: torch.Tensor, y: torch.Tensor, args: argparse.Namespace,
         optimizer = StackedOptimizer(net, ["adam"] * count, [LR] * count, [0.0] * count,
                                      [0.0] * count)
         for epoch in range(1, args.epochs + 1):
-            train_epoch(net, optimizer, xm, y, seeds=seeds, epoch=epoch,
-                        batch_size=args.batch_size)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                train_epoch(net, optimizer, xm, y, seeds=seeds, epoch=epoch,
+                            batch_size=args.batch_size)
 
 
 def _process(args: argparse.Namespace, groups: list[list[int]], ready: Any, go: Any,
@@ -222,6 +228,8 @@ METHODS: dict[str, Callable[..., tuple[float, float]]] = {
     "plain": lambda x, y, a: one_at_a_time(x, y, a, torch.contiguous_format),
     "channels_last": lambda x, y, a: one_at_a_time(x, y, a, torch.channels_last),
     "population": population,
+    "population_bf16": lambda x, y, a: population(x, y, argparse.Namespace(**{**vars(a),
+                                                                             "bf16": True})),
     "population_threads": population_threads,
     "vmap": vmap_models,
     "compile": lambda x, y, a: one_at_a_time(x, y, a, torch.contiguous_format, compiled=True),
@@ -243,7 +251,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated subset of {','.join(METHODS)}")
+    parser.add_argument("--profile", action="store_true",
+                        help="then profile one group's steps on one thread (torch.profiler)")
     args = parser.parse_args()
+    args.bf16 = False  # population_bf16 turns it on for its own run
     if args.group_size is None:
         args.group_size = PopulationConfig().models_per_group(args.batch_size)
     methods = args.methods.split(",")
@@ -287,6 +298,45 @@ def main() -> None:
         print(f"{method:17s} {best:11.4f} {statistics.median(values):8.4f} {1 / best:14.2f} "
               f"{best / plain:8.2f}x {achieved / 1e9:8.2f} {achieved / peak:8.1%}  "
               + " ".join(f"{v / p:.2f}x" for v, p in zip(values, rates.get("plain", []))))
+    if args.profile:
+        profile_group(x, y, args, peak / args.threads)
+
+
+def profile_group(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace,
+                  core_peak: float, steps: int = 20) -> None:
+    """Where a step of one population group goes on one thread: the share of self CPU time
+    of convolutions, pooling (with its zero-filled gradient) and the rest, and each forward
+    convolution's FLOP/s against one core's share of the matmul peak ``core_peak``."""
+    torch.set_num_threads(1)
+    seeds = list(range(args.group_size))
+    net = StackedNet([build_model(ARCH, s) for s in seeds])
+    optimizer = StackedOptimizer(net, ["adam"] * len(seeds), [LR] * len(seeds),
+                                 [0.0] * len(seeds), [0.0] * len(seeds))
+    xm, n = model_layout(x), args.batch_size * steps
+    train_epoch(net, optimizer, xm[:n], y[:n], seeds=seeds, epoch=0, batch_size=args.batch_size)
+    with torch.profiler.profile(record_shapes=True) as prof:
+        train_epoch(net, optimizer, xm[:n], y[:n], seeds=seeds, epoch=1,
+                    batch_size=args.batch_size)
+    events = prof.key_averages(group_by_input_shape=True)
+    total = sum(e.self_cpu_time_total for e in events)
+
+    def share(names: tuple[str, ...]) -> float:
+        return sum(e.self_cpu_time_total for e in events if e.key in names) / total
+
+    conv = share(("aten::mkldnn_convolution", "aten::convolution_backward"))
+    pool = share(("aten::max_pool2d_with_indices", "aten::max_pool2d_with_indices_backward",
+                  "aten::fill_"))
+    print(f"\none group of {len(seeds)} models, {steps} steps, one thread: convolutions "
+          f"{conv:.0%} of self CPU time, max pooling with its zero-filled gradient {pool:.0%}, "
+          f"the rest {1 - conv - pool:.0%}")
+    for e in events:
+        if e.key == "aten::mkldnn_convolution":
+            (b, _, h, w), (c_out, c_in, kh, kw) = e.input_shapes[0], e.input_shapes[1]
+            flops = 2 * b * c_out * (h - kh + 1) * (w - kw + 1) * c_in * kh * kw
+            rate = flops * e.count / (e.self_cpu_time_total * 1e-6)
+            print(f"  forward convolution {e.input_shapes[0]} * {e.input_shapes[1]}: "
+                  f"{e.self_cpu_time_total / e.count / 1e3:.2f} ms, {rate / 1e9:.1f} GFLOP/s, "
+                  f"{rate / core_peak:.0%} of one core's peak")
 
 
 if __name__ == "__main__":
