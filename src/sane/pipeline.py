@@ -180,9 +180,12 @@ class Pipeline:
             for start in range(0, len(group), batch_size):
                 part = group[start : start + batch_size]
                 states = self._aligned(k, [models[i] for i in part], aligned)
+                z = None  # [B, N, d_z]: the token latents summed over the views, in place
                 with torch.no_grad():
-                    z = sum(torch.stack(self._encode(k, states, perm, tiled=True))
-                            for perm in views) / len(views)  # [B, N, d_z]
+                    for perm in views:
+                        view = torch.stack(self._encode(k, states, perm, tiled=True))
+                        z = view if z is None else z.add_(view)
+                z /= len(views)
                 out[part] = (spread_features(z) if spread else z.mean(dim=1)).double().numpy()
         return out
 
