@@ -140,7 +140,7 @@ def test_pipeline_outputs_take_the_form_of_its_inputs(trained_store, tiny_digits
         pipe.sample([dropout], 0)
 
 
-def test_an_embedding_averages_each_token_over_the_aligned_model_and_fixed_random_permutations(
+def test_an_embedding_averages_tiled_views_of_the_aligned_model_and_fixed_random_permutations(
         trained_store, tiny_digits_run):
     pipe = sane.Pipeline(tiny_digits_run, trained_store.tokenizer)
     tokenizer, spec = trained_store.tokenizer, trained_store.tokenizer.spec
@@ -150,7 +150,7 @@ def test_an_embedding_averages_each_token_over_the_aligned_model_and_fixed_rando
     n, positions = tokenizer.manifest.num_tokens, tokenizer.manifest.positions()
     window = tiny_digits_run.config.window_size
     assert n > window  # several windows: tiling differs from haloing
-    averaged, aligned_only = [], []
+    averaged, aligned_only = [], []  # per model: [2·d_z] and [N, d_z]
     for net in nets:  # each view's tokens made from the permuted state dict, then encoded
         aligned = tokenizer.aligned(net.state_dict())
         views_tokens = [tokenizer.reader(aligned if p is None else apply_permutation(
@@ -158,11 +158,10 @@ def test_an_embedding_averages_each_token_over_the_aligned_model_and_fixed_rando
         with torch.no_grad():  # windows side by side, no halo
             latents = tiny_digits_run.encode_sequence(torch.stack(views_tokens), positions,
                                                       window=window, halo=0)
-        averaged.append(latents.mean(0))  # each token over the views: [N, d_z]
+        averaged.append(spread_features(latents).mean(0))  # each view's features, averaged
         aligned_only.append(latents[0])
     embedded = pipe.embed(nets, permutations=3, seed=7, spread=True)
-    np.testing.assert_allclose(embedded, spread_features(torch.stack(averaged)).numpy(),
-                               atol=1e-5)
+    np.testing.assert_allclose(embedded, torch.stack(averaged).numpy(), atol=1e-5)
     d = tiny_digits_run.config.d_latent
     np.testing.assert_allclose(pipe.embed(nets, permutations=3, seed=7), embedded[:, :d],
                                atol=1e-6)

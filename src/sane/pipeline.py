@@ -164,15 +164,15 @@ class Pipeline:
     def embed(self, models: Sequence[Model], *, spread: bool = False,
               permutations: int = PERMUTATIONS, seed: int = 0, aligned: bool = False,
               batch_size: int = 64) -> np.ndarray:
-        """One vector per model, ``[B, d_z]`` float64: the mean of its token latents, each
-        token's latent averaged over views of the model, the model as aligned and
-        ``permutations`` random permutations of it (drawn from ``seed``, the same for every
-        model: :func:`embedding_views`; none for an architecture without a permutation spec);
-        with ``spread``, ``[B, 2·d_z]``: the mean, then the standard deviation over tokens of
-        those view-averaged latents (:func:`spread_features`). A view is encoded in windows
-        side by side, without the haloing context of :meth:`latents` (half the cost, the same
-        probe R²: docs/results.md, "Embedding views"). ``aligned`` as for :meth:`latents`;
-        models are encoded ``batch_size`` at a time."""
+        """One vector per model, ``[B, d_z]`` float64: the mean of its token latents, averaged
+        over the model as aligned and ``permutations`` random permutations of it (drawn from
+        ``seed``, the same for every model: :func:`embedding_views`; none for an architecture
+        without a permutation spec); with ``spread``, ``[B, 2·d_z]``: the mean, then the
+        standard deviation of the token latents (:func:`spread_features`), each averaged.
+        A view is encoded in windows side by side, without the haloing context of
+        :meth:`latents` (half the cost, the same probe R²: docs/results.md, "Embedding
+        views"). ``aligned`` as for :meth:`latents`; models are encoded ``batch_size`` at a
+        time."""
         layouts = self._layouts(models)
         out = np.empty((len(models), self.model.config.d_latent * (2 if spread else 1)))
         for k, group in layouts.items():
@@ -180,13 +180,12 @@ class Pipeline:
             for start in range(0, len(group), batch_size):
                 part = group[start : start + batch_size]
                 states = self._aligned(k, [models[i] for i in part], aligned)
-                z = None  # [B, N, d_z]: the token latents summed over the views, in place
+                total = torch.zeros(len(part), out.shape[1], dtype=torch.float64)
                 with torch.no_grad():
                     for perm in views:
-                        view = torch.stack(self._encode(k, states, perm, tiled=True))
-                        z = view if z is None else z.add_(view)
-                z /= len(views)
-                out[part] = (spread_features(z) if spread else z.mean(dim=1)).double().numpy()
+                        z = torch.stack(self._encode(k, states, perm, tiled=True))
+                        total += (spread_features(z) if spread else z.mean(dim=1)).double()
+                out[part] = (total / len(views)).numpy()
         return out
 
     def reconstruct(self, model: Model) -> Model:

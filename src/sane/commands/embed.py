@@ -13,8 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     embed = subparsers.add_parser(
         "embed", help="embed checkpoint files with a pretrained SANE",
         description="Align each checkpoint to the zoo's reference, tokenize it with the run's "
-        "tokenizer, encode it and random permutations of it whole and average its token "
-        "latents over them; writes one row per checkpoint. Needs only the run directory, "
+        "tokenizer, encode it and random permutations of it whole and average their mean "
+        "token latents; writes one row per checkpoint. Needs only the run directory, "
         "not its zoo or token store.",
     )
     embed.add_argument("run", type=Path, help="pretraining run directory (from `sane pretrain`)")
@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="output .npy file [N, d_z]; beside it FILE.ood.json (distances to "
                        "the training zoo and out-of-distribution flag per checkpoint)")
     add_compute_options(embed)
-    add_permutations_option(embed, "that of the run's out-of-distribution reference, 7 for "
+    add_permutations_option(embed, "that of the run's out-of-distribution reference, 16 for "
                             "runs of this sane")
     embed.set_defaults(handler=_embed)
 

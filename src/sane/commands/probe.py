@@ -12,8 +12,8 @@ from sane.settings import given
 def register(subparsers: argparse._SubParsersAction) -> None:
     probe = subparsers.add_parser(
         "probe", help="predict accuracy, epoch and generalization gap with linear probes",
-        description="Embed every checkpoint of a token store with a pretrained SANE (each "
-        "token averaged over random permutations of the model, then over tokens), compute the W "
+        description="Embed every checkpoint of a token store with a pretrained SANE (mean "
+        "over tokens, averaged over random permutations of the model), compute the W "
         "and s(W) baselines, and fit one ridge probe per "
         "feature set and property on the training split, its strength chosen on the "
         "validation split. With NFN among the feature sets, also trains a "
@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="also predict the last checkpoint of every model of this zoo, "
                        "each flagged when it lies outside the training zoo")
     add_compute_options(probe)
-    add_permutations_option(probe, "7")
+    add_permutations_option(probe, "16")
     probe.set_defaults(handler=_probe)
 
 

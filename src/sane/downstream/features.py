@@ -65,10 +65,10 @@ class FeatureSet(StrEnum):
 
 # How many random permutations of a model its SANE embedding is averaged over, besides the
 # model as aligned: SANE is only approximately invariant to permutations, and the average
-# predicts properties better (docs/results.md, "SANE against s(W)"). 7 tiled views cost 4
-# haloed passes and give validation R² level with 16 haloed ones (docs/results.md,
-# "Embedding views"; benchmarks/bench_embedding_views.py).
-PERMUTATIONS = 7
+# predicts properties better (docs/results.md, "SANE against s(W)"); with fewer, the
+# validation R² of some zoo falls (docs/results.md, "Embedding views";
+# benchmarks/bench_embedding_views.py).
+PERMUTATIONS = 16
 # W holds every weight of every checkpoint in float64: refuse what would not fit comfortably.
 MAX_BASELINE_BYTES = 4 * 2**30
 

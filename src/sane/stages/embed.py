@@ -3,7 +3,7 @@
 A run directory holds the SANE and its tokenizer, so nothing of the zoo or the token store is
 needed (:class:`sane.pipeline.Pipeline`): each checkpoint is aligned to the zoo's reference,
 standardized, tokenized and encoded whole, as are random permutations of the aligned model;
-each token's latent is averaged over these views, then over tokens (:meth:`Pipeline.embed`).
+each view's token latents are averaged, and those vectors averaged (:meth:`Pipeline.embed`).
 Checkpoint files are read by :func:`sane.checkpoints.read_state_dict` (safetensors or PyTorch
 files, never unpickling code; common wrappers unwrapped; half precision read as float32) and
 checked by :func:`sane.checkpoints.check_weights`.
