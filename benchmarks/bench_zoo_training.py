@@ -144,14 +144,19 @@ def _train_groups(xm: torch.Tensor, y: torch.Tensor, args: argparse.Namespace,
                   groups: list[list[int]]) -> None:
     """Train each group of seeds as one population, as ``sane zoo train`` does."""
     for seeds in groups:
-        count = len(seeds)
-        net = StackedNet([build_model(ARCH, s) for s in seeds])
-        optimizer = StackedOptimizer(net, ["adam"] * count, [LR] * count, [0.0] * count,
-                                     [0.0] * count)
+        net, optimizer = _population(seeds)
         for epoch in range(1, args.epochs + 1):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
                 train_epoch(net, optimizer, xm, y, seeds=seeds, epoch=epoch,
                             batch_size=args.batch_size)
+
+
+def _population(seeds: list[int]) -> tuple[StackedNet, StackedOptimizer]:
+    """The CNN-s of ``seeds`` stacked, with Adam at :data:`LR` for each."""
+    count = len(seeds)
+    net = StackedNet([build_model(ARCH, s) for s in seeds])
+    return net, StackedOptimizer(net, ["adam"] * count, [LR] * count, [0.0] * count,
+                                 [0.0] * count)
 
 
 def _process(args: argparse.Namespace, groups: list[list[int]], ready: Any, go: Any,
@@ -309,9 +314,7 @@ def profile_group(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace,
     convolution's FLOP/s against one core's share of the matmul peak ``core_peak``."""
     torch.set_num_threads(1)
     seeds = list(range(args.group_size))
-    net = StackedNet([build_model(ARCH, s) for s in seeds])
-    optimizer = StackedOptimizer(net, ["adam"] * len(seeds), [LR] * len(seeds),
-                                 [0.0] * len(seeds), [0.0] * len(seeds))
+    net, optimizer = _population(seeds)
     xm, n = model_layout(x), args.batch_size * steps
     train_epoch(net, optimizer, xm[:n], y[:n], seeds=seeds, epoch=0, batch_size=args.batch_size)
     with torch.profiler.profile(record_shapes=True) as prof:
